@@ -1,0 +1,109 @@
+"""The generator registry: every face source that ``facesynth generate`` can drive.
+
+A generator turns :class:`SampleRequest` s (identity label, image index, seed) into
+:class:`GeneratedFace` s. It must be a pure function of each request: the same request gives the same
+face whatever the batch it arrives in, the process it runs on, or the run it belongs to. That is
+what makes generation independent of the number of processes and resumable after a crash.
+
+Register with ``@register_generator("name")`` on a :class:`FaceGenerator` subclass whose
+constructor takes ``num_identities``, ``seed``, ``device`` and its own keyword options.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from facesynth.pipelines.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One image to make: class ``label`` (0..N-1), its ``index`` within the class, and its seed."""
+
+    label: int
+    index: int
+    seed: int
+
+
+@dataclass
+class GeneratedFace:
+    """An aligned 112x112 RGB face (HxWx3 uint8) and whatever the generator knows about it."""
+
+    image: np.ndarray
+    embedding: np.ndarray | None = None
+    attributes: Mapping[str, float] | None = None
+    anchor_cos: float | None = None
+    id_cos: float | None = None
+
+
+class FaceGenerator(ABC):
+    """Base class of registered generators."""
+
+    name: ClassVar[str] = ""
+    #: Width of the ``embedding`` column this generator writes, or None for no embedding column.
+    embedding_dim: int | None = None
+    #: How many requests :meth:`generate` is handed at once.
+    batch_size: int = 32
+
+    @abstractmethod
+    def generate(self, requests: Sequence[SampleRequest]) -> list[GeneratedFace]:
+        """Make one face per request, in order."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """The effective, JSON-serialisable settings; their hash identifies the dataset."""
+
+
+_REGISTRY: dict[str, type[FaceGenerator]] = {}
+# Modules that register generators when imported; imported lazily so `--help` stays fast.
+_BUILTIN_MODULES = {
+    "parametric": "facesynth.generators.parametric_renderer",
+    "id3": "facesynth.generators.id3_generator",
+}
+
+
+def register_generator(name: str) -> Callable[[type[FaceGenerator]], type[FaceGenerator]]:
+    """Class decorator: make a :class:`FaceGenerator` available to ``facesynth generate``."""
+
+    def decorator(cls: type[FaceGenerator]) -> type[FaceGenerator]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"generator {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def available_generators() -> list[str]:
+    """Names accepted by :func:`build_generator`."""
+    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
+
+
+def get_generator_class(name: str) -> type[FaceGenerator]:
+    if name not in _REGISTRY and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
+    if name not in _REGISTRY:
+        raise ConfigError(f"generator: unknown name {name!r}; choose one of {available_generators()}")
+    return _REGISTRY[name]
+
+
+def build_generator(name: str, *, num_identities: int, seed: int, device: Any = "cpu", **options: Any) -> FaceGenerator:
+    """Instantiate a registered generator for a dataset of ``num_identities`` classes."""
+    cls = get_generator_class(name)
+    try:
+        return cls(num_identities=num_identities, seed=seed, device=device, **options)
+    except TypeError as exc:
+        raise ConfigError(f"generator {name!r}: bad options {sorted(options)} ({exc})") from None
+
+
+def sample_seed(global_seed: int, label: int, index: int) -> int:
+    """The seed of image ``index`` of class ``label``: a pure function of the three numbers."""
+    state = np.random.SeedSequence([int(global_seed) & 0xFFFFFFFF, int(label), int(index)]).generate_state(2)
+    return int((int(state[0]) << 31) ^ int(state[1])) & 0x7FFF_FFFF_FFFF_FFFF

@@ -1,0 +1,85 @@
+"""Validated stage configs.
+
+Each stage's settings are a pydantic model deriving from :class:`StageConfig`. Unknown fields are
+refused, and a bad value is reported as ``field 'x': <value> (reason)`` through
+:class:`~facesynth.pipelines.errors.ConfigError`, whether it came from the CLI, a config file or a
+library call.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from facesynth.pipelines.errors import ConfigError
+
+T = TypeVar("T", bound="StageConfig")
+
+
+class StageConfig(BaseModel):
+    """Base of every stage config: strict about unknown fields, assignable after validation."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @classmethod
+    def from_mapping(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+        """Validate ``data`` and raise a readable :class:`ConfigError` naming every bad field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, source)) from None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid settings"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "<root>"
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  field {field!r}: unknown field")
+        elif err["type"] == "missing":
+            lines.append(f"  field {field!r}: required but missing")
+        else:
+            lines.append(f"  field {field!r}: bad value {value!r} ({err['msg']})")
+    return "\n".join(lines)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML, TOML or JSON config file into a dict, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot parse config ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["kappa=0.5", "steps=50"]`` -> ``{"kappa": 0.5, "steps": 50}`` (values parsed as YAML scalars)."""
+    result: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"option {pair!r}: expected KEY=VALUE")
+        key, value = pair.split("=", 1)
+        result[key.strip()] = yaml.safe_load(value)
+    return result
