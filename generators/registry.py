@@ -94,7 +94,9 @@ def get_generator_class(name: str) -> type[FaceGenerator]:
     return _REGISTRY[name]
 
 
-def build_generator(name: str, *, num_identities: int, seed: int, device: Any = "cpu", **options: Any) -> FaceGenerator:
+def build_generator(
+    name: str, *, num_identities: int, seed: int, device: Any = "cpu", **options: Any
+) -> FaceGenerator:
     """Instantiate a registered generator for a dataset of ``num_identities`` classes."""
     cls = get_generator_class(name)
     try:

@@ -9,10 +9,10 @@ library call.
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
+import tomllib
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 

@@ -79,7 +79,9 @@ def encode_image(image: np.ndarray | PILImage.Image, image_format: str = "png", 
     """Encode an HxWx3 uint8 array (or a PIL image) as PNG or JPEG bytes."""
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
-    pil = image if isinstance(image, PILImage.Image) else PILImage.fromarray(np.asarray(image, dtype=np.uint8))
+    pil = (
+        image if isinstance(image, PILImage.Image) else PILImage.fromarray(np.asarray(image, dtype=np.uint8))
+    )
     if pil.mode != "RGB":
         pil = pil.convert("RGB")
     buffer = io.BytesIO()
@@ -111,9 +113,7 @@ class ShardRow:
     id_cos: float | None = None
 
 
-def rows_to_table(
-    rows: Sequence[ShardRow], embedding_dim: int | None, image_format: str = "png"
-) -> pa.Table:
+def rows_to_table(rows: Sequence[ShardRow], embedding_dim: int | None, image_format: str = "png") -> pa.Table:
     """Encode rows into an Arrow table with the v1 schema (images encoded here when given as pixels)."""
     schema = arrow_schema(embedding_dim)
     images = []
@@ -127,7 +127,8 @@ def rows_to_table(
         "index": [int(r.index) for r in rows],
         "seed": [int(r.seed) for r in rows],
         "attributes": [
-            None if r.attributes is None else {k: float(r.attributes[k]) for k in ATTRIBUTE_NAMES} for r in rows
+            None if r.attributes is None else {k: float(r.attributes[k]) for k in ATTRIBUTE_NAMES}
+            for r in rows
         ],
         "anchor_cos": [None if r.anchor_cos is None else float(r.anchor_cos) for r in rows],
         "id_cos": [None if r.id_cos is None else float(r.id_cos) for r in rows],
@@ -136,7 +137,9 @@ def rows_to_table(
         flat = np.zeros((len(rows), embedding_dim), dtype=np.float32)
         for i, row in enumerate(rows):
             if row.embedding is None:
-                raise ShardError(f"row {i} (identity {row.identity!r}) has no embedding but the dataset has one")
+                raise ShardError(
+                    f"row {i} (identity {row.identity!r}) has no embedding but the dataset has one"
+                )
             vector = np.asarray(row.embedding, dtype=np.float32).reshape(-1)
             if vector.shape[0] != embedding_dim:
                 raise ShardError(
