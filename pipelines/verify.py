@@ -1,0 +1,80 @@
+"""``facesynth verify``: check a shard folder against its manifest before anyone trusts it.
+
+Checks: the manifest parses; every listed shard exists, has its recorded sha256 and row count, a v1
+schema and labels inside its recorded range; no unlisted shards lie beside them; and the images
+decode (all of them, or every ``image_stride``-th row for a quick look).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from facesynth.pipelines.atomic_io import sha256_file
+from facesynth.pipelines.errors import ShardError
+from facesynth.pipelines.manifest import Manifest
+from facesynth.pipelines.shard_format import DATA_DIR, check_schema, decode_image, read_schema
+
+
+def _check_shard(folder: Path, record, image_stride: int, problems: list[str]) -> None:
+    path = folder / record.file
+    if not path.is_file():
+        problems.append(f"{path}: shard listed in the manifest is missing")
+        return
+    if sha256_file(path) != record.sha256:
+        problems.append(f"{path}: sha256 differs from the manifest (file changed or corrupted)")
+    try:
+        check_schema(path, read_schema(path))
+        table = pq.read_table(path, columns=["image", "label"])
+    except ShardError as exc:
+        problems.append(str(exc))
+        return
+    except (pa.ArrowInvalid, OSError) as exc:
+        problems.append(f"{path}: cannot read ({exc})")
+        return
+    if table.num_rows != record.num_rows:
+        problems.append(f"{path}: {table.num_rows} rows, manifest says {record.num_rows}")
+    if table.num_rows:
+        low, high = pc.min(table["label"]).as_py(), pc.max(table["label"]).as_py()
+        if low < record.label_start or high >= record.label_stop:
+            problems.append(
+                f"{path}: labels {low}..{high} fall outside the recorded range "
+                f"[{record.label_start}, {record.label_stop})"
+            )
+    images = table["image"].to_pylist()
+    for row in range(0, len(images), max(1, image_stride)):
+        try:
+            decode_image(images[row]["bytes"])
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a problem to report
+            problems.append(f"{path}: row {row}: image does not decode ({exc})")
+            break
+
+
+def verify_dataset(
+    folder: str | Path, *, image_stride: int = 1, on_shard: Callable[[str], None] | None = None
+) -> list[str]:
+    """Return a list of problems (empty when the dataset is sound). Never raises on bad data."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [f"{folder}: not a folder"]
+    try:
+        manifest = Manifest.read(folder)
+    except ShardError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    for record in manifest.shards:
+        _check_shard(folder, record, image_stride, problems)
+        if on_shard:
+            on_shard(record.file)
+    listed = {record.file for record in manifest.shards}
+    for path in sorted((folder / DATA_DIR).glob("*.parquet")):
+        if f"{DATA_DIR}/{path.name}" not in listed:
+            problems.append(f"{path}: shard is not listed in the manifest")
+    total = sum(r.num_rows for r in manifest.shards)
+    if total != manifest.num_rows:
+        problems.append(f"{folder}: manifest total {manifest.num_rows} != sum of shard rows {total}")
+    return problems
