@@ -55,30 +55,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _apply_config_file(args: argparse.Namespace, argv: Sequence[str]) -> argparse.Namespace:
-    """Re-parse with the config file's values as defaults, refusing keys the command does not know."""
-    sub: argparse.ArgumentParser = args._parser
-    data = load_config_file(args.config)
-    known = {action.dest for action in sub._actions}
-    unknown = sorted(k for k in data if k.replace("-", "_") not in known)
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name)
+    return None
+
+
+def _apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Make a subcommand's ``--config FILE`` values its defaults (before parsing, so required flags may come from it)."""
+    command = next((a for a in argv if a in COMMANDS), None)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if command is None or not known.config:
+        return
+    sub = _subparser(parser, command)
+    data = {k.replace("-", "_"): v for k, v in load_config_file(known.config).items()}
+    actions = {action.dest: action for action in sub._actions}
+    unknown = sorted(k for k in data if k not in actions or k in ("help", "config"))
     if unknown:
-        raise ConfigError(f"{args.config}: unknown settings {unknown} for 'facesynth {args.command}'")
-    sub.set_defaults(**{k.replace("-", "_"): v for k, v in data.items()})
-    return build_parser_with(sub, args, argv)
-
-
-def build_parser_with(sub: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str]):
-    # parse only the subcommand's own arguments again so that the new defaults apply
-    index = list(argv).index(args.command)
-    new_args = sub.parse_args(list(argv)[index + 1 :])
-    new_args.command = args.command
-    new_args.verbose = args.verbose
-    return new_args
+        raise ConfigError(f"{known.config}: unknown settings {unknown} for 'facesynth {command}'")
+    for key, value in data.items():
+        actions[key].required = False
+    sub.set_defaults(**data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    try:
+        _apply_config_file(parser, argv)
+    except FacesynthError as exc:
+        print(f"facesynth: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -88,8 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if getattr(args, "config", None):
-            args = _apply_config_file(args, argv)
         return int(args._run(args) or 0)
     except FacesynthError as exc:
         print(f"facesynth {args.command}: error: {exc}", file=sys.stderr)
