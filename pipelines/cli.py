@@ -76,7 +76,7 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> 
     unknown = sorted(k for k in data if k not in actions or k in ("help", "config"))
     if unknown:
         raise ConfigError(f"{known.config}: unknown settings {unknown} for 'facesynth {command}'")
-    for key, value in data.items():
+    for key in data:
         actions[key].required = False
     sub.set_defaults(**data)
 
