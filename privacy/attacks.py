@@ -1,0 +1,461 @@
+"""Recovery attacks on privacy-preserving payloads, and the metrics that score them.
+
+Threat model (brief section 9, white box): the attacker knows the method and its trained client
+side, runs the client on a public face set whose identities are disjoint from the victims', and so
+holds (payload, image) pairs. It sees exactly what the server sees. Two attackers are trained on those
+pairs and then applied to victims' payloads:
+
+- :class:`RidgeInverse`: a closed-form ridge-regression linear inverse. ``mode="local"`` fits one
+  linear map from a k x k payload neighbourhood (all channels) to the RGB pixel at its centre,
+  shared over positions (every method's payload is spatially aligned with the face, so this is the
+  strongest linear attacker that fits on a CPU); ``mode="global"`` regresses the whole flattened
+  payload (optionally average-pooled) onto the flattened image, in primal or dual form.
+- a U-Net recovery decoder (:func:`train_decoder`), trained with L1 and an optional identity loss
+  through a differentiable face encoder.
+
+Metrics (:func:`psnr`, :func:`ssim`, :func:`recovery_metrics`): PSNR and SSIM between recovered and
+original faces, identity leakage (cosine between an *independent* encoder's embeddings of recovered
+and original faces) and attack success (the fraction of recovered faces verified as their true
+identity at a fixed false-accept rate, the threshold being set on the originals' impostor scores).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facesynth.pipelines.errors import FacesynthError
+from facesynth.privacy.unet import UNet
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------------
+# image-quality metrics
+
+
+def psnr(recovered: torch.Tensor, original: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """Per-image PSNR in dB of (B, C, H, W) batches; ``data_range`` is 2 for images in [-1, 1]."""
+    _check_pair(recovered, original)
+    mse = (recovered.double() - original.double()).pow(2).flatten(1).mean(dim=1)
+    return (10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-20))).float()
+
+
+def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
+    coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2.0
+    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(
+    recovered: torch.Tensor,
+    original: torch.Tensor,
+    data_range: float = 2.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004) of (B, C, H, W) batches, averaged over channels and positions.
+
+    Gaussian 11 x 11 window with sigma 1.5, constants C1 = (0.01 L)^2 and C2 = (0.03 L)^2, statistics
+    over the valid region only (no padding), as in the reference implementation.
+    """
+    _check_pair(recovered, original)
+    x, y = recovered.double(), original.double()
+    channels = x.shape[1]
+    if min(x.shape[-2:]) < window_size:
+        raise FacesynthError(
+            f"ssim: images of {tuple(x.shape[-2:])} are smaller than the {window_size} window"
+        )
+    g = _gaussian_window(window_size, sigma, x.device, x.dtype)
+    kernel_h = g.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    kernel_v = g.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(t, kernel_h, groups=channels), kernel_v, groups=channels)
+
+    mu_x, mu_y = blur(x), blur(y)
+    sxx = blur(x * x) - mu_x**2
+    syy = blur(y * y) - mu_y**2
+    sxy = blur(x * y) - mu_x * mu_y
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    index = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return index.flatten(1).mean(dim=1).float()
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape or a.dim() != 4:
+        raise FacesynthError(
+            f"metrics need two (B, C, H, W) batches of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# identity metrics
+
+
+def _normalise(e: torch.Tensor) -> torch.Tensor:
+    return F.normalize(e.double(), dim=1)
+
+
+def far_threshold(impostor_scores: torch.Tensor, far: float) -> float:
+    """The smallest score threshold whose false-accept rate on ``impostor_scores`` is at most ``far``."""
+    scores = torch.sort(impostor_scores.double().flatten(), descending=True).values
+    if scores.numel() == 0:
+        raise FacesynthError("attack success needs at least two identities in the evaluation set")
+    allowed = int(math.floor(far * scores.numel()))
+    if allowed >= scores.numel():
+        return float(scores[-1])
+    # accept strictly above the (allowed+1)-th highest impostor score
+    return float(scores[allowed]) + 1e-12
+
+
+def identity_scores(
+    probe: torch.Tensor, gallery: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Genuine and impostor template scores of probes against per-identity gallery templates.
+
+    The template of identity k is the normalised mean of its gallery embeddings, leaving out the
+    probe's own original where the identity has other images (so a probe is never compared with
+    the very image it was recovered from unless nothing else exists). Returns genuine scores (N,),
+    impostor scores (N * (K-1),) and whether each probe's true identity ranks first (N,).
+    """
+    probe, gallery = _normalise(probe), _normalise(gallery)
+    labels = labels.long().cpu()
+    ids = torch.unique(labels)
+    sums = torch.stack([gallery[labels == k].sum(0) for k in ids])
+    counts = torch.stack([(labels == k).sum() for k in ids]).double()
+    genuine, impostor, rank1 = [], [], []
+    for i in range(probe.shape[0]):
+        own = int((ids == labels[i]).nonzero()[0, 0])
+        templates = sums.clone()
+        if counts[own] > 1:
+            templates[own] = sums[own] - gallery[i]
+        templates = F.normalize(templates, dim=1)
+        scores = templates @ probe[i]
+        genuine.append(scores[own])
+        others = torch.cat([scores[:own], scores[own + 1 :]])
+        impostor.append(others)
+        rank1.append(bool(others.numel() == 0 or scores[own] > others.max()))
+    return torch.stack(genuine), torch.cat(impostor), torch.tensor(rank1)
+
+
+def recovery_metrics(
+    recovered: torch.Tensor,
+    original: torch.Tensor,
+    labels: torch.Tensor,
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    far: float = 1e-3,
+) -> dict[str, float]:
+    """PSNR, SSIM and, given an independent encoder ``embed``, identity leakage and attack success.
+
+    ``attack_success``: fraction of recovered faces whose score against their true identity's
+    template exceeds the threshold at which original-vs-other-identity templates are accepted with
+    rate ``far``. ``reference_tar`` is the same rate for the originals themselves, the ceiling a
+    perfect recovery reaches; ``far_resolution`` is 1 / number of impostor scores. Because a bland,
+    average face can clear a verification threshold for many identities at once,
+    ``rank1_identification`` (the true identity's template scores highest) is reported as well.
+    """
+    out = {
+        "psnr": float(psnr(recovered, original).mean()),
+        "ssim": float(ssim(recovered, original).mean()),
+        "num_images": int(original.shape[0]),
+    }
+    if embed is None:
+        return out
+    e_rec, e_orig = embed(recovered), embed(original)
+    out["identity_leakage"] = float((_normalise(e_rec) * _normalise(e_orig)).sum(1).mean())
+    genuine_orig, impostor_orig, rank1_orig = identity_scores(e_orig, e_orig, labels)
+    threshold = far_threshold(impostor_orig, far)
+    genuine_rec, _, rank1_rec = identity_scores(e_rec, e_orig, labels)
+    out.update(
+        {
+            "attack_success": float((genuine_rec >= threshold).double().mean()),
+            "reference_tar": float((genuine_orig >= threshold).double().mean()),
+            "rank1_identification": float(rank1_rec.double().mean()),
+            "reference_rank1": float(rank1_orig.double().mean()),
+            "far": float(far),
+            "far_resolution": 1.0 / impostor_orig.numel(),
+            "threshold": threshold,
+        }
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# ridge-regression linear inverse
+
+
+class RidgeInverse:
+    """Closed-form ridge regression from payload features (B, C, H, W) to images (B, 3, H', W').
+
+    ``mode="local"``: features at a position are the ``kernel`` x ``kernel`` payload neighbourhood
+    (zero-padded) plus a bias; one map shared by all positions predicts that position's RGB pixel.
+    Payloads whose side differs from the image's are resized (bilinear) to the image size first.
+    Fitting streams batches, accumulating X^T X and X^T Y over ``positions_per_image`` sampled
+    positions per image (all positions when None).
+
+    ``mode="global"``: the whole payload, average-pooled by ``pool``, is flattened and regressed
+    onto the flattened image (primal solve when features < samples, dual otherwise); training
+    features are kept in memory, so use pooling for large payloads.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1e-3,
+        mode: str = "local",
+        kernel: int = 3,
+        positions_per_image: int | None = 1024,
+        pool: int = 1,
+        seed: int = 0,
+    ):
+        if mode not in ("local", "global"):
+            raise FacesynthError(f"ridge mode must be 'local' or 'global', got {mode!r}")
+        if kernel < 1 or kernel % 2 == 0:
+            raise FacesynthError(f"ridge kernel must be an odd positive size, got {kernel}")
+        self.alpha, self.mode, self.kernel, self.pool = float(alpha), mode, int(kernel), int(pool)
+        self.positions_per_image = positions_per_image
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self._xtx: torch.Tensor | None = None
+        self._xty: torch.Tensor | None = None
+        self._train_x: list[torch.Tensor] = []
+        self._train_y: list[torch.Tensor] = []
+        self.weights: torch.Tensor | None = None
+        self._in_shape: tuple[int, ...] | None = None
+        self._out_shape: tuple[int, ...] | None = None
+        self._dual: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._x_mean: torch.Tensor | None = None
+        self._y_mean: torch.Tensor | None = None
+
+    # local mode -----------------------------------------------------------------------------------
+    def _local_features(self, payload: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        x = payload.double()
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        cols = F.unfold(x, kernel_size=self.kernel, padding=self.kernel // 2)  # (B, C*k*k, H*W)
+        ones = torch.ones(cols.shape[0], 1, cols.shape[2], dtype=cols.dtype)
+        return torch.cat([cols, ones], dim=1)
+
+    def _check_input(self, payload: torch.Tensor) -> None:
+        shape = tuple(payload.shape[1:])
+        if self._in_shape is None:
+            self._in_shape = shape
+        elif shape != self._in_shape:
+            raise FacesynthError(
+                f"ridge inverse: payload shape {shape} differs from the shape it was fitted on {self._in_shape} "
+                "(a payload from another method?)"
+            )
+
+    def partial_fit(self, payload: torch.Tensor, images: torch.Tensor) -> RidgeInverse:
+        """Add one batch of (payload, image) pairs to the normal equations."""
+        payload, images = payload.detach().cpu(), images.detach().cpu()
+        if payload.shape[0] != images.shape[0]:
+            raise FacesynthError(f"ridge inverse: {payload.shape[0]} payloads but {images.shape[0]} images")
+        self._check_input(payload)
+        self._out_shape = tuple(images.shape[1:])
+        if self.mode == "global":
+            self._train_x.append(self._global_features(payload))
+            self._train_y.append(images.double().flatten(1))
+            return self
+        feats = self._local_features(payload, images.shape[-2:])  # (B, F, P)
+        target = images.double().flatten(2)  # (B, 3, P)
+        if self.positions_per_image is not None and self.positions_per_image < feats.shape[2]:
+            idx = torch.stack(
+                [
+                    torch.randperm(feats.shape[2], generator=self.generator)[: self.positions_per_image]
+                    for _ in feats
+                ]
+            )
+            feats = torch.gather(feats, 2, idx[:, None, :].expand(-1, feats.shape[1], -1))
+            target = torch.gather(target, 2, idx[:, None, :].expand(-1, target.shape[1], -1))
+        x = feats.permute(0, 2, 1).reshape(-1, feats.shape[1])
+        y = target.permute(0, 2, 1).reshape(-1, target.shape[1])
+        xtx, xty = x.T @ x, x.T @ y
+        self._xtx = xtx if self._xtx is None else self._xtx + xtx
+        self._xty = xty if self._xty is None else self._xty + xty
+        return self
+
+    def _global_features(self, payload: torch.Tensor) -> torch.Tensor:
+        x = payload.double()
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool, ceil_mode=True)
+        return x.flatten(1)
+
+    def finish(self) -> RidgeInverse:
+        """Solve the normal equations accumulated by :meth:`partial_fit`."""
+        if self.mode == "local":
+            if self._xtx is None:
+                raise FacesynthError("ridge inverse: no training pairs were given")
+            n = self._xtx.shape[0]
+            reg = self.alpha * torch.eye(n, dtype=self._xtx.dtype)
+            reg[-1, -1] = 0.0  # do not shrink the bias
+            self.weights = torch.linalg.solve(self._xtx + reg, self._xty)
+            return self
+        if not self._train_x:
+            raise FacesynthError("ridge inverse: no training pairs were given")
+        x, y = torch.cat(self._train_x), torch.cat(self._train_y)
+        self._train_x, self._train_y = [], []
+        self._x_mean, self._y_mean = x.mean(0), y.mean(0)
+        xc, yc = x - self._x_mean, y - self._y_mean
+        if xc.shape[1] <= xc.shape[0]:
+            self.weights = torch.linalg.solve(
+                xc.T @ xc + self.alpha * torch.eye(xc.shape[1], dtype=xc.dtype), xc.T @ yc
+            )
+        else:
+            dual = torch.linalg.solve(xc @ xc.T + self.alpha * torch.eye(xc.shape[0], dtype=xc.dtype), yc)
+            self._dual = (xc, dual)
+        return self
+
+    def fit(self, payload: torch.Tensor, images: torch.Tensor) -> RidgeInverse:
+        """Fit on one in-memory set of pairs."""
+        return self.partial_fit(payload, images).finish()
+
+    @torch.no_grad()
+    def predict(self, payload: torch.Tensor) -> torch.Tensor:
+        """Recovered images (B, 3, H, W), clamped to [-1, 1]."""
+        if self._out_shape is None or (self.weights is None and self._dual is None):
+            raise FacesynthError("ridge inverse: call fit() before predict()")
+        payload = payload.detach().cpu()
+        self._check_input(payload)
+        if self.mode == "local":
+            c, h, w = self._out_shape
+            feats = self._local_features(payload, (h, w))
+            out = torch.einsum("bfp,fc->bcp", feats, self.weights).reshape(-1, c, h, w)
+        else:
+            x = self._global_features(payload) - self._x_mean
+            if self._dual is not None:
+                train_x, dual = self._dual
+                flat = (x @ train_x.T) @ dual
+            else:
+                flat = x @ self.weights
+            out = (flat + self._y_mean).reshape(-1, *self._out_shape)
+        return out.clamp(-1.0, 1.0).float()
+
+
+# --------------------------------------------------------------------------------------------------
+# U-Net recovery decoder
+
+
+@dataclass
+class DecoderConfig:
+    """Training recipe of the U-Net recovery attacker (defaults sized for CPU; raise for real runs).
+
+    ``lr`` 1e-3 (Adam) converges in few steps; the brief suggests about 1e-4 for long runs.
+    ``identity_weight`` > 0 adds (1 - cosine) between a differentiable encoder's embeddings of
+    recovered and original faces.
+    """
+
+    block_out_channels: Sequence[int] = (32, 64, 128, 256)
+    lr: float = 1e-3
+    steps: int = 200
+    batch_size: int = 16
+    identity_weight: float = 0.0
+    seed: int = 0
+
+
+def build_decoder(in_channels: int, config: DecoderConfig) -> UNet:
+    """The attacker's U-Net: payload channels -> RGB in [-1, 1] (tanh)."""
+    return UNet(
+        in_channels=int(in_channels),
+        out_channels=3,
+        block_out_channels=tuple(config.block_out_channels),
+        output_activation="tanh",
+    )
+
+
+def _decoder_input(view: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(view.shape[-2:]) != tuple(size):
+        view = F.interpolate(view, size=size, mode="bilinear", align_corners=False)
+    return view
+
+
+def train_decoder(
+    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    in_channels: int,
+    config: DecoderConfig,
+    identity_encoder: nn.Module | None = None,
+    input_scale: torch.Tensor | None = None,
+    progress: bool = True,
+) -> UNet:
+    """Train the decoder on (attack view, image) pairs for ``config.steps`` optimiser steps.
+
+    ``batches()`` returns a fresh iterable over pairs (called again when one pass is used up).
+    ``input_scale`` (C,) divides the view channel-wise (raw DCT coefficients span orders of
+    magnitude, so the attacker standardises them; the scale comes from training pairs only).
+    """
+    torch.manual_seed(config.seed)
+    decoder = build_decoder(in_channels, config)
+    optimiser = torch.optim.Adam(decoder.parameters(), lr=config.lr)
+    if identity_encoder is not None:
+        identity_encoder.eval().requires_grad_(False)
+    decoder.train()
+    step = 0
+    iterator = iter(batches())
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, desc="attack decoder", leave=False)
+    while step < config.steps:
+        try:
+            view, image = next(iterator)
+        except StopIteration:
+            iterator = iter(batches())
+            continue
+        x = _decoder_input(view, image.shape[-2:])
+        if input_scale is not None:
+            x = x / input_scale.view(1, -1, 1, 1)
+        recovered = decoder(x)
+        loss = F.l1_loss(recovered, image)
+        if identity_encoder is not None and config.identity_weight > 0:
+            e_rec, e_img = identity_encoder(recovered), identity_encoder(image)
+            loss = loss + config.identity_weight * (1 - F.cosine_similarity(e_rec, e_img, dim=1)).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        step += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    if bar is not None:
+        bar.close()
+    decoder.eval()
+    return decoder
+
+
+@torch.no_grad()
+def decode(
+    decoder: UNet,
+    view: torch.Tensor,
+    size: tuple[int, int] = (112, 112),
+    input_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Apply a trained decoder to attack views."""
+    x = _decoder_input(view, size)
+    if input_scale is not None:
+        x = x / input_scale.view(1, -1, 1, 1)
+    return decoder(x)
+
+
+def channel_scale(views: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Per-channel RMS of attack views (a standardisation the attacker learns from its own pairs)."""
+    total, count = None, 0
+    for view in views:
+        s = view.double().pow(2).sum(dim=(0, 2, 3))
+        total = s if total is None else total + s
+        count += view.shape[0] * view.shape[2] * view.shape[3]
+    if total is None:
+        raise FacesynthError("channel_scale: no views")
+    return (total / count).sqrt().clamp_min(1e-6).float()
+
+
+def round_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Round metrics for reports (keeps ints as ints)."""
+    return {k: (round(v, 4) if isinstance(v, float) and np.isfinite(v) else v) for k, v in metrics.items()}

@@ -1,0 +1,160 @@
+"""Attack metrics, the ridge inverse, the U-Net decoder and the attack harness on tiny models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from facesynth.pipelines.errors import FacesynthError
+from facesynth.privacy.attacks import (
+    DecoderConfig,
+    RidgeInverse,
+    decode,
+    far_threshold,
+    psnr,
+    recovery_metrics,
+    ssim,
+    train_decoder,
+)
+from facesynth.privacy.roi_mask import roi_mask_from_landmarks
+from facesynth.privacy.unet import UNet, sparsity_kl
+
+
+def _smooth_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, size // 4, size // 4, generator=g) * 2 - 1
+    return F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def test_psnr_known_values():
+    x = torch.zeros(2, 3, 16, 16)
+    y = x.clone()
+    y[0] += 0.1  # mse 0.01 with range 2 -> 10 log10(4 / 0.01) = 26.02 dB
+    y[1] += 1.0  # mse 1 -> 10 log10(4) = 6.02 dB
+    values = psnr(y, x)
+    assert values[0].item() == pytest.approx(10 * math.log10(400), abs=1e-4)
+    assert values[1].item() == pytest.approx(10 * math.log10(4), abs=1e-4)
+    assert psnr(x, x)[0].item() > 100
+
+
+def test_ssim_identity_constant_shift_and_symmetry():
+    img = _smooth_images(2, 32)
+    assert torch.allclose(ssim(img, img), torch.ones(2), atol=1e-6)
+    # constant images: only the luminance term remains, (2ab + C1) / (a^2 + b^2 + C1)
+    a, b = torch.full((1, 1, 16, 16), 0.2), torch.full((1, 1, 16, 16), -0.3)
+    c1 = (0.01 * 2) ** 2
+    expected = (2 * 0.2 * -0.3 + c1) / (0.2**2 + 0.3**2 + c1)
+    assert ssim(a, b).item() == pytest.approx(expected, rel=1e-5)
+    noisy = img + 0.3 * torch.randn_like(img)
+    assert torch.allclose(ssim(noisy, img), ssim(img, noisy), atol=1e-6)
+    assert (ssim(noisy, img) < 0.9).all()
+    # more noise, lower SSIM
+    assert (ssim(img + 0.6 * torch.randn_like(img), img) < ssim(noisy, img)).all()
+
+
+def test_metrics_refuse_mismatched_shapes():
+    with pytest.raises(FacesynthError, match="one shape"):
+        psnr(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
+    with pytest.raises(FacesynthError, match="window"):
+        ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+
+
+def test_far_threshold_and_recovery_metrics_identity_encoder():
+    scores = torch.linspace(0, 1, 1001)
+    t = far_threshold(scores, 0.01)
+    assert (scores.double() >= t).double().mean().item() <= 0.01
+    # an "encoder" that reads the identity straight off the pixels: perfect recovery -> success 1,
+    # a recovery that erases identity -> success 0
+    labels = torch.arange(8).repeat_interleave(3)
+    protos = F.normalize(torch.randn(8, 3 * 16 * 16), dim=1)
+    images = (protos[labels] + 0.05 * torch.randn(24, 3 * 16 * 16)).view(24, 3, 16, 16)
+
+    def embed(x):
+        return x.flatten(1)
+
+    perfect = recovery_metrics(images, images, labels, embed, far=0.05)
+    assert perfect["attack_success"] == 1.0 and perfect["reference_tar"] == 1.0
+    assert perfect["identity_leakage"] == pytest.approx(1.0)
+    noise = torch.randn_like(images)
+    erased = recovery_metrics(noise, images, labels, embed, far=0.05)
+    assert erased["attack_success"] < 0.3 and erased["rank1_identification"] < 0.5
+    assert erased["identity_leakage"] < 0.2
+    # a bland average face is close to every template: rank-1 identification exposes it
+    blank = images.mean(0, keepdim=True).expand_as(images) + 1e-3 * torch.randn_like(images)
+    assert recovery_metrics(blank, images, labels, embed, far=0.05)["rank1_identification"] < 0.5
+
+
+# --- ridge ------------------------------------------------------------------------------------------
+
+
+def test_ridge_global_recovers_an_invertible_linear_map():
+    images = torch.rand(200, 3, 4, 4) * 2 - 1
+    a = torch.randn(48, 48, dtype=torch.float64) + 4 * torch.eye(48, dtype=torch.float64)
+    payload = (images.double().flatten(1) @ a).view(200, 3, 4, 4).float()
+    ridge = RidgeInverse(alpha=1e-8, mode="global").fit(payload[:150], images[:150])
+    recovered = ridge.predict(payload[150:])
+    assert torch.allclose(recovered, images[150:], atol=1e-3)
+
+
+def test_ridge_local_recovers_a_pointwise_linear_map_and_rejects_other_payloads():
+    images = _smooth_images(12, 32) * 0.9
+    mix = torch.randn(5, 3) + torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1]])
+    payload = torch.einsum("bchw,kc->bkhw", images, mix)
+    ridge = RidgeInverse(alpha=1e-8, mode="local", kernel=3, positions_per_image=256)
+    for i in range(0, 8, 4):
+        ridge.partial_fit(payload[i : i + 4], images[i : i + 4])
+    ridge.finish()
+    recovered = ridge.predict(payload[8:])
+    assert psnr(recovered, images[8:]).min() > 60
+    with pytest.raises(FacesynthError, match="another method"):
+        ridge.predict(payload[8:, :4])
+    with pytest.raises(FacesynthError, match="fit"):
+        RidgeInverse().predict(payload)
+
+
+# --- U-Net and decoder ------------------------------------------------------------------------------
+
+
+def test_unet_shapes_latent_and_sparsity():
+    net = UNet(in_channels=5, out_channels=2, block_out_channels=(4, 8, 16), output_activation="sigmoid")
+    out, latent = net(torch.randn(2, 5, 28, 20), return_latent=True)
+    assert out.shape == (2, 2, 28, 20) and latent.shape == (2, 16, 7, 5)
+    assert out.min() >= 0 and out.max() <= 1
+    assert sparsity_kl(latent).item() >= 0
+    with pytest.raises(ValueError, match="output_activation"):
+        UNet(output_activation="relu")
+
+
+def test_decoder_learns_the_identity_map():
+    images = _smooth_images(32, 32, seed=1) * 0.8
+    config = DecoderConfig(block_out_channels=(8, 16), lr=3e-3, steps=150, batch_size=8)
+
+    def batches():
+        for i in range(0, 24, 8):
+            yield images[i : i + 8], images[i : i + 8]
+
+    decoder = train_decoder(batches, 3, config, progress=False)
+    recovered = decode(decoder, images[24:], size=(32, 32))
+    assert psnr(recovered, images[24:]).mean() > 24
+
+
+# --- ROI mask ---------------------------------------------------------------------------------------
+
+
+def test_roi_mask_from_template_and_landmarks():
+    template = roi_mask_from_landmarks(None, batch_size=3)
+    assert template.shape == (3, 1, 112, 112)
+    assert 0.2 < template.mean().item() < 0.7
+    assert template[0, 0, 70, 56] == 1 and template[0, 0, 2, 2] == 0
+    square = torch.tensor([[[10.0, 10.0], [30.0, 10.0], [30.0, 30.0], [10.0, 30.0], [20.0, 20.0]]])
+    bare = roi_mask_from_landmarks(square, size=40, expand=1.0, top_extra=0.0)
+    assert bare[0, 0, 20, 20] == 1 and bare[0, 0, 5, 20] == 0
+    assert bare.sum().item() == pytest.approx(21 * 21, abs=1)
+    with pytest.raises(FacesynthError, match="shape"):
+        roi_mask_from_landmarks(torch.zeros(2, 2))
