@@ -18,9 +18,9 @@ The definitions follow the reference note (``id3_and_sfr_anchors.md`` section 5)
 
 Scale. All products are blockwise (``block_size`` rows at a time), so the memory next to the
 embedding matrix itself stays in the tens of MB. Genuine scores are *all* within-class pairs
-(computed class by class with batched matrix products). Image-level impostor scores are a seeded
-uniform sample of ``impostor_pairs`` cross-class pairs (all N^2/2 pairs of a 500 000-image dataset
-would be ~10^14 multiply-adds); centre-level impostor statistics use *all* centre pairs. EER and
+(computed class by class with batched matrix products). Image-level impostor scores are all cross-class
+pairs when there are at most ``impostor_pairs`` of them, else a seeded uniform sample of
+``impostor_pairs`` pairs (all N^2/2 pairs of a 500 000-image dataset would be ~10^14 multiply-adds); centre-level impostor statistics use *all* centre pairs. EER and
 FNMR@FMR come from :func:`sklearn.metrics.roc_curve` on all genuine scores (uniformly subsampled to
 ``max_genuine_for_roc`` when there are more) against the sampled impostor scores.
 """
@@ -171,7 +171,9 @@ def encode_labels(labels: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.nd
     return codes.astype(np.int64), classes
 
 
-def class_centres(embeddings: np.ndarray, codes: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def class_centres(
+    embeddings: np.ndarray, codes: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalised class means (C, D) and the norm of each unnormalised mean of unit embeddings.
 
     The mean norm m_c says how tight a class is: for unit vectors the total variance around the mean
@@ -181,7 +183,9 @@ def class_centres(embeddings: np.ndarray, codes: np.ndarray, num_classes: int) -
 
     n = embeddings.shape[0]
     counts = np.bincount(codes, minlength=num_classes).astype(np.float64)
-    indicator = sparse.csr_matrix((np.ones(n, dtype=np.float32), (codes, np.arange(n))), shape=(num_classes, n))
+    indicator = sparse.csr_matrix(
+        (np.ones(n, dtype=np.float32), (codes, np.arange(n))), shape=(num_classes, n)
+    )
     sums = np.asarray(indicator @ embeddings, dtype=np.float64)
     means = sums / np.maximum(counts, 1.0)[:, None]
     norms = np.linalg.norm(means, axis=1)
@@ -233,13 +237,25 @@ def genuine_scores(embeddings: np.ndarray, codes: np.ndarray, max_entries: int =
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
-def sample_impostor_scores(
+def impostor_scores(
     embeddings: np.ndarray, codes: np.ndarray, num_pairs: int, seed: int, block_size: int
-) -> np.ndarray:
-    """Cosines of ``num_pairs`` uniformly drawn cross-class image pairs (seeded, with replacement)."""
+) -> tuple[np.ndarray, bool]:
+    """Cross-class image-pair cosines: all of them when there are at most ``num_pairs``, else
+    ``num_pairs`` uniformly drawn pairs (seeded, with replacement). Returns (scores, sampled)."""
     n = embeddings.shape[0]
-    if np.unique(codes).size < 2:
-        return np.zeros(0, dtype=np.float32)
+    counts = np.bincount(codes)
+    if np.count_nonzero(counts) < 2:
+        return np.zeros(0, dtype=np.float32), False
+    total = (n * n - int(np.square(counts.astype(np.int64)).sum())) // 2
+    if total <= num_pairs:
+        parts = []
+        for start in range(0, n, block_size):
+            stop = min(start + block_size, n)
+            sims = embeddings[start:stop] @ embeddings.T
+            rows = np.arange(start, stop)
+            mask = (np.arange(n)[None, :] > rows[:, None]) & (codes[None, :] != codes[start:stop, None])
+            parts.append(sims[mask])
+        return np.concatenate(parts), False
     rng = np.random.default_rng(seed)
     out = np.empty(num_pairs, dtype=np.float32)
     filled = 0
@@ -251,7 +267,7 @@ def sample_impostor_scores(
         a, b = a[keep][:want], b[keep][:want]
         out[filled : filled + a.size] = np.einsum("ij,ij->i", embeddings[a], embeddings[b])
         filled += a.size
-    return out
+    return out, True
 
 
 def pairwise_stats(
@@ -542,11 +558,13 @@ def compute_quality(
     # ---- inter-class separability
     unique = greedy_uniqueness(centres, s.uniqueness_threshold)
     centre_stats, nearest, _ = pairwise_stats(centres, None, s.impostor_threshold, bs)
-    impostor = sample_impostor_scores(emb, codes, s.impostor_pairs, s.seed, bs)
+    impostor, sampled = impostor_scores(emb, codes, s.impostor_pairs, s.seed, bs)
     imp_moments = _Moments(s.impostor_threshold)
     imp_moments.add(impostor)
     rng = np.random.default_rng(s.seed + 1)
-    genuine_roc = genuine if genuine.size <= s.max_genuine_for_roc else rng.choice(genuine, s.max_genuine_for_roc)
+    genuine_roc = (
+        genuine if genuine.size <= s.max_genuine_for_roc else rng.choice(genuine, s.max_genuine_for_roc)
+    )
     gen_hist = _histogram(genuine)
     inter: dict[str, Any] = {
         "uniqueness": {
@@ -556,7 +574,7 @@ def compute_quality(
         },
         "centre_impostor": centre_stats,
         "nearest_other_centre": _summary(nearest[np.isfinite(nearest)]),
-        "image_impostor_sampled": imp_moments.result(),
+        "image_impostor_sampled": {**imp_moments.result(), "sampled": sampled},
         "fisher_discriminant_ratio": fisher_discriminant_ratio(genuine, impostor),
         **verification_rates(genuine_roc, impostor),
         "genuine_histogram": gen_hist,
@@ -603,6 +621,14 @@ def compute_quality(
     if reference_centres is not None:
         names = list(class_names) if class_names is not None else [str(c) for c in classes]
         report["leakage"] = leakage(
-            emb, codes, centres, reference_centres, s.leak_threshold, s.top_k_leaks, bs, names, reference_names
+            emb,
+            codes,
+            centres,
+            reference_centres,
+            s.leak_threshold,
+            s.top_k_leaks,
+            bs,
+            names,
+            reference_names,
         )
     return report

@@ -1,0 +1,207 @@
+"""Dataset cards: ``README.md`` with Hub YAML metadata and a body saying how the data was made.
+
+The card is built from plain facts (:class:`DatasetCardFacts`: counts, features, generator settings,
+a quality report) with ``huggingface_hub``'s :class:`~huggingface_hub.DatasetCardData` and
+:meth:`~huggingface_hub.DatasetCard.from_template` on ``templates/dataset_card.md``. The YAML
+carries ``configs`` (so ``datasets`` loads the Parquet shards as one ``train`` split) and
+``dataset_info`` (features and split sizes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from facesynth.data_cards.quality_report import TEMPLATES, fmt, summary_rows
+
+SIZE_CATEGORIES = [
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+]
+TASK_CATEGORIES = ["image-classification", "image-feature-extraction"]
+BASE_TAGS = ["face-recognition", "synthetic", "facesynth"]
+# Words in a generator/encoder config that mean insightface / arcface_torch weights were involved
+# (not the word "arcface" alone: that also names the margin loss);
+# their models and training data are licensed for non-commercial research only.
+NONCOMMERCIAL_MARKERS = (
+    "insightface",
+    "arcface_torch",
+    "antelopev2",
+    "buffalo_",
+    "w600k",
+    "glint360k",
+    "ms1mv",
+    "webface",
+)
+
+ID3_CITATION = """@inproceedings{xu2024id3,
+  title     = {{ID3}: Identity-Preserving-yet-Diversified Diffusion Models for Synthetic Face Recognition},
+  author    = {Xu, Jianqing and Li, Shen and Wu, Jiaying and Xiong, Miao and Deng, Ailin and Ji, Jiazhen and
+               Huang, Yuge and Mu, Guodong and Feng, Wenjie and Ding, Shouhong and Hooi, Bryan},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2024}
+}"""
+
+
+def size_category(num_examples: int) -> str:
+    """The Hub ``size_categories`` value for a row count."""
+    for bound, name in SIZE_CATEGORIES:
+        if num_examples < bound:
+            return name
+    return "n>1T" if num_examples >= 10**12 else "1B<n<10B"
+
+
+def mentions_noncommercial_source(*configs: Any) -> bool:
+    """True when any config mentions insightface-derived models (non-commercial research only)."""
+    text = json.dumps(configs, default=str).lower()
+    return any(marker in text for marker in NONCOMMERCIAL_MARKERS)
+
+
+def find_checkpoint_hash(config: Any) -> str | None:
+    """The first value under a key naming a checkpoint / weights hash in a nested generator config."""
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            lowered = str(key).lower()
+            if (
+                isinstance(value, str)
+                and ("hash" in lowered or "sha" in lowered)
+                and (
+                    "checkpoint" in lowered
+                    or "weights" in lowered
+                    or "model" in lowered
+                    or "pipeline" in lowered
+                )
+            ):
+                return value
+        for value in config.values():
+            found = find_checkpoint_hash(value)
+            if found:
+                return found
+    return None
+
+
+@dataclass
+class DatasetCardFacts:
+    """Everything a dataset card states; plain values gathered by the caller."""
+
+    pretty_name: str
+    num_examples: int
+    num_identities: int
+    features: Any  # datasets.Features
+    num_bytes: int | None = None
+    download_size: int | None = None
+    data_files: str = "data/train-*.parquet"
+    repo_id: str | None = None
+    license: str | None = None  # None: chosen from the sources (see resolve_license)
+    generator: str | None = None
+    generator_config: Mapping[str, Any] = field(default_factory=dict)
+    stage_config: Mapping[str, Any] = field(default_factory=dict)
+    config_hash: str | None = None
+    checkpoint_hash: str | None = None
+    seed: int | None = None
+    image_format: str | None = None
+    embedding_dim: int | None = None
+    created_at: str | None = None
+    facesynth_version: str | None = None
+    quality: Mapping[str, Any] | None = None
+    figures: Mapping[str, str] = field(default_factory=dict)
+    source_datasets: Sequence[str] = ()
+    tags: Sequence[str] = ()
+    noncommercial: bool | None = None  # None: detected from the configs
+
+    def resolve_noncommercial(self) -> bool:
+        if self.noncommercial is not None:
+            return self.noncommercial
+        return mentions_noncommercial_source(self.generator_config, self.stage_config, self.quality or {})
+
+    def resolve_license(self) -> str:
+        """The given license, else cc-by-nc-4.0 for insightface-derived data and cc-by-4.0 otherwise."""
+        if self.license:
+            return self.license
+        return "cc-by-nc-4.0" if self.resolve_noncommercial() else "cc-by-4.0"
+
+
+def card_data(facts: DatasetCardFacts):
+    """The :class:`~huggingface_hub.DatasetCardData` (YAML header) of a dataset card."""
+    from datasets import DatasetInfo, SplitInfo
+    from datasets.splits import SplitDict
+    from huggingface_hub import DatasetCardData
+
+    splits = SplitDict()
+    splits.add(
+        SplitInfo(name="train", num_bytes=int(facts.num_bytes or 0), num_examples=int(facts.num_examples))
+    )
+    info = DatasetInfo(
+        features=facts.features,
+        splits=splits,
+        download_size=facts.download_size,
+        dataset_size=facts.num_bytes,
+    )
+    tags = list(dict.fromkeys([*BASE_TAGS, *([facts.generator] if facts.generator else []), *facts.tags]))
+    return DatasetCardData(
+        license=facts.resolve_license(),
+        pretty_name=facts.pretty_name,
+        size_categories=[size_category(facts.num_examples)],
+        task_categories=list(TASK_CATEGORIES),
+        annotations_creators=["machine-generated"],
+        source_datasets=list(facts.source_datasets) or None,
+        tags=tags,
+        configs=[
+            {
+                "config_name": "default",
+                "data_files": [{"split": "train", "path": facts.data_files}],
+                "default": True,
+            }
+        ],
+        dataset_info=info._to_yaml_dict(),
+    )
+
+
+def build_dataset_card(facts: DatasetCardFacts, template_path: str | Path | None = None):
+    """Render the :class:`~huggingface_hub.DatasetCard` for ``facts``."""
+    from huggingface_hub import DatasetCard
+
+    data = card_data(facts)
+    quality = facts.quality or {}
+    generator_yaml = yaml.safe_dump(
+        json.loads(json.dumps(dict(facts.generator_config), default=str)), sort_keys=True
+    )
+    stage_yaml = yaml.safe_dump(json.loads(json.dumps(dict(facts.stage_config), default=str)), sort_keys=True)
+    return DatasetCard.from_template(
+        data,
+        template_path=str(template_path or TEMPLATES / "dataset_card.md"),
+        facts=facts,
+        license_id=facts.resolve_license(),
+        noncommercial=facts.resolve_noncommercial(),
+        checkpoint_hash=facts.checkpoint_hash or find_checkpoint_hash(facts.generator_config),
+        generator_yaml=generator_yaml.strip(),
+        stage_yaml=stage_yaml.strip() if facts.stage_config else "",
+        quality=quality,
+        quality_rows=summary_rows(quality) if quality else [],
+        leakage=quality.get("leakage"),
+        load_name=facts.repo_id or "path/to/dataset",
+        is_id3=(facts.generator or "").lower().startswith("id3"),
+        id3_citation=ID3_CITATION,
+        fmt=fmt,
+    )
+
+
+def write_dataset_card(facts: DatasetCardFacts, folder: str | Path) -> Path:
+    """Write ``folder/README.md`` atomically and return its path."""
+    from facesynth.pipelines.atomic_io import atomic_write
+
+    card = build_dataset_card(facts)
+    path = Path(folder) / "README.md"
+    with atomic_write(path) as handle:
+        handle.write(str(card).encode("utf-8"))
+    return path
