@@ -1,0 +1,350 @@
+"""Identity encoders: one interface over torch checkpoints, ONNX models, insightface's zoo and dlib.
+
+Every encoder maps aligned faces, a float tensor (B, 3, H, W) in [-1, 1] (RGB, arcface_torch's
+``(pixel / 255 - 0.5) / 0.5``), to (B, D) embeddings, L2-normalised unless ``normalize=False`` asks
+for the raw ones (the flip-TTA of the verification protocol sums raw embeddings). ``differentiable``
+says whether gradients flow back to the input (ID3's identity loss and guidance need that: only
+:class:`TorchEncoder` does).
+
+Backends and specs for :func:`load_encoder`:
+
+- ``torch:PATH``: a backbone folder / ``.safetensors`` / arcface_torch ``.pth`` (via
+  :func:`facesynth.recognizers.backbones.load_backbone`), or any ``nn.Module`` passed to
+  :class:`TorchEncoder` directly;
+- ``onnx:PATH``: any single-output face-recognition ONNX model, run with onnxruntime;
+- ``insightface:PATH_OR_NAME``: through ``insightface.model_zoo.get_model`` (must route to ``ArcFaceONNX``);
+- ``dlib``: dlib's ResNet face descriptor from the ``face-recognition-models`` package (CPU, offline).
+
+ONNX sessions pick providers per process: CUDA on ``device_id = LOCAL_RANK`` (or the index in
+``device="cuda:k"``) when onnxruntime has the CUDA provider, otherwise CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from facesynth.pipelines.errors import FacesynthError
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) float32 in [-1, 1]."""
+    array = np.asarray(images)
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise FacesynthError(f"expected images of shape (B, H, W, 3), got {array.shape}")
+    return (
+        torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 127.5
+        - 1.0
+    )
+
+
+def onnx_providers(device: str | torch.device | None = None) -> list[Any]:
+    """onnxruntime providers for this process: CUDA on the local rank's GPU if possible, else CPU.
+
+    ``device``: ``None``/``"auto"`` (CUDA when onnxruntime has it, GPU index from ``LOCAL_RANK``),
+    ``"cpu"``, ``"cuda"`` or ``"cuda:k"``.
+    """
+    import onnxruntime as ort
+
+    spec = "auto" if device is None else str(device)
+    if spec == "cpu":
+        return ["CPUExecutionProvider"]
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if spec.startswith("cuda") and not has_cuda:
+        raise FacesynthError(
+            f"device {spec!r} asked for, but onnxruntime has no CUDAExecutionProvider "
+            "(install onnxruntime-gpu: pip install 'facesynth[gpu]')"
+        )
+    if not has_cuda:
+        return ["CPUExecutionProvider"]
+    device_id = int(spec.split(":", 1)[1]) if ":" in spec else int(os.environ.get("LOCAL_RANK", "0"))
+    return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+
+
+class IdentityEncoder(ABC):
+    """Aligned faces in [-1, 1] -> identity embeddings."""
+
+    #: gradients flow from the embedding back to the input images
+    differentiable: bool = False
+    #: embedding width
+    embedding_dim: int
+    #: (height, width) of the aligned faces it expects; None when it resizes on its own
+    input_size: tuple[int, int] | None = (112, 112)
+    #: short text for reports and manifests
+    description: str = ""
+
+    @abstractmethod
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw (unnormalised) embeddings of a checked batch."""
+
+    def embed(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, D) float embeddings (L2-normalised by default)."""
+        self._check(images)
+        raw = self._forward(images)
+        return torch.nn.functional.normalize(raw, dim=1) if normalize else raw
+
+    __call__ = embed
+
+    def embed_numpy(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """uint8 (N, H, W, 3) RGB -> float32 (N, D) L2-normalised embeddings, batched, no gradients."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            with torch.inference_mode():
+                emb = self.embed(images_to_tensor(images[start : start + batch_size]))
+            out.append(emb.float().cpu().numpy())
+        if not out:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        return np.concatenate(out)
+
+    def _check(self, images: torch.Tensor) -> None:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
+            raise FacesynthError(f"{self.description}: expected images (B, 3, H, W), got {shape}")
+        if self.input_size is not None and tuple(images.shape[2:]) != tuple(self.input_size):
+            raise FacesynthError(
+                f"{self.description}: images are {images.shape[3]}x{images.shape[2]}, this encoder expects "
+                f"aligned {self.input_size[1]}x{self.input_size[0]} faces"
+            )
+
+
+class TorchEncoder(IdentityEncoder):
+    """A torch backbone (differentiable). Gradients flow unless the caller disables them."""
+
+    differentiable = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_size: tuple[int, int] | None = None,
+        description: str = "",
+        device: str | torch.device | None = None,
+    ):
+        self.model = model.eval()
+        if device is not None:
+            self.model.to(device)
+        config = getattr(model, "config", None)
+        size = input_size or getattr(config, "input_size", None) or (112, 112)
+        self.input_size = (int(size[0]), int(size[1]))
+        self.description = description or f"torch:{type(model).__name__}"
+        with torch.no_grad():
+            probe = self.model(torch.zeros(2, 3, *self.input_size, device=self.device))
+        if probe.ndim != 2:
+            raise FacesynthError(
+                f"{self.description}: model output has shape {tuple(probe.shape)}, expected (B, D)"
+            )
+        self.embedding_dim = int(probe.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    @classmethod
+    def from_path(
+        cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any
+    ) -> TorchEncoder:
+        """Load a backbone folder, ``.safetensors`` or arcface_torch ``.pth`` (see ``load_backbone``)."""
+        from facesynth.recognizers.backbones import load_backbone
+
+        model = load_backbone(path, device=device, **kwargs)
+        return cls(model, description=f"torch:{path}")
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.to(self.device, dtype=next(self.model.parameters()).dtype))
+
+
+def _graph_normalises_input(path: str | os.PathLike) -> bool:
+    """insightface's ArcFaceONNX rule: a Sub and a Mul node among the first 8 graph nodes mean the
+    graph itself normalises raw 0..255 pixels (MXNet-exported models); otherwise the model expects
+    (pixel - 127.5) / 127.5, i.e. our [-1, 1] input unchanged."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node[:8]
+    has_sub = any(n.name.startswith(("Sub", "_minus")) for n in nodes)
+    has_mul = any(n.name.startswith(("Mul", "_mul")) for n in nodes)
+    return has_sub and has_mul
+
+
+class OnnxEncoder(IdentityEncoder):
+    """Any single-input, single-output face-recognition ONNX model, run with onnxruntime."""
+
+    def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None, threads: int = 0):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FacesynthError(f"{path}: ONNX model not found")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=onnx_providers(device))
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise FacesynthError(f"{path}: onnxruntime cannot load this model ({exc})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise FacesynthError(
+                f"{path}: a recognition model has 1 input and 1 output, this one {len(inputs)} and {len(outputs)}"
+            )
+        shape = inputs[0].shape
+        if len(shape) != 4 or not all(isinstance(s, int) for s in shape[1:]) or shape[1] != 3:
+            raise FacesynthError(f"{path}: input shape {shape} is not (B, 3, H, W)")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.input_size = (int(shape[2]), int(shape[3]))
+        dim = outputs[0].shape[-1]
+        self.raw_pixels = _graph_normalises_input(path)
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.description = f"onnx:{path}"
+        self.embedding_dim = (
+            int(dim)
+            if isinstance(dim, int)
+            else int(self._run(np.zeros((1, 3, *self.input_size), np.float32)).shape[1])
+        )
+
+    def _run(self, blob: np.ndarray) -> np.ndarray:
+        if self.fixed_batch is not None and blob.shape[0] != self.fixed_batch:
+            return np.concatenate([self._run(blob[i : i + 1]) for i in range(blob.shape[0])])
+        return self.session.run([self.output_name], {self.input_name: blob})[0]
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.detach().float().cpu()
+        if self.raw_pixels:
+            x = (x + 1.0) * 127.5
+        return torch.from_numpy(self._run(np.ascontiguousarray(x.numpy())).astype(np.float32))
+
+
+class InsightFaceEncoder(IdentityEncoder):
+    """A recognition model loaded with ``insightface.model_zoo.get_model`` (must be ``ArcFaceONNX``).
+
+    insightface decides the input normalisation (see :func:`_graph_normalises_input`); we feed RGB
+    pixels 0..255 to ``ArcFaceONNX.forward``, which applies it.
+    """
+
+    def __init__(
+        self, name_or_path: str, device: str | torch.device | None = None, root: str = "~/.insightface"
+    ):
+        from insightface.model_zoo import get_model
+        from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+
+        try:
+            model = get_model(str(name_or_path), root=root, providers=onnx_providers(device))
+        except AssertionError as exc:
+            raise FacesynthError(f"insightface model {name_or_path!r}: {exc}") from None
+        if model is None:
+            raise FacesynthError(
+                f"insightface found no model {name_or_path!r} (under {root}/models or as a path)"
+            )
+        if not isinstance(model, ArcFaceONNX):
+            raise FacesynthError(
+                f"{name_or_path}: insightface routes this model to {type(model).__name__}, not a recognition model"
+            )
+        self.model = model
+        self.input_size = (int(model.input_size[1]), int(model.input_size[0]))
+        self.description = f"insightface:{name_or_path}"
+        dim = model.output_shape[-1]
+        self.embedding_dim = (
+            int(dim)
+            if isinstance(dim, int)
+            else int(self._forward(torch.zeros(1, 3, *self.input_size)).shape[1])
+        )
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = ((images.detach().float().cpu() + 1.0) * 127.5).numpy()
+        return torch.from_numpy(np.asarray(self.model.forward(pixels), dtype=np.float32))
+
+
+def face_recognition_models_dir() -> Path:
+    """The ``models/`` folder of the ``face-recognition-models`` package, found without importing it
+    (its ``__init__`` imports ``pkg_resources``, which new setuptools no longer ships)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FacesynthError(
+            "the dlib backend needs the 'dlib' extra: pip install 'facesynth[dlib]' "
+            "(dlib-bin + face-recognition-models)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
+    if not folder.is_dir():
+        raise FacesynthError(f"{folder}: face-recognition-models is installed but has no models folder")
+    return folder
+
+
+def _import_dlib():
+    try:
+        import dlib
+    except ImportError:
+        raise FacesynthError(
+            "the dlib backend needs the 'dlib' extra: pip install 'facesynth[dlib]'"
+        ) from None
+    return dlib
+
+
+class DlibEncoder(IdentityEncoder):
+    """dlib's ResNet face descriptor (128-d, CPU, offline; not differentiable).
+
+    dlib was trained on its own 150x150 chips, not on the ArcFace template; our aligned 112x112
+    crops are resized to 150x150 and passed as chips, an approximation of dlib's own alignment
+    that keeps one crop format across encoders.
+    """
+
+    input_size = None
+    embedding_dim = 128
+    CHIP_SIZE = 150
+
+    def __init__(self, model_file: str | os.PathLike | None = None):
+        dlib = _import_dlib()
+        path = (
+            Path(model_file)
+            if model_file
+            else face_recognition_models_dir() / "dlib_face_recognition_resnet_model_v1.dat"
+        )
+        if not path.is_file():
+            raise FacesynthError(f"{path}: dlib face recognition model not found")
+        self.model = dlib.face_recognition_model_v1(str(path))
+        self.description = f"dlib:{path.name}"
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        import cv2
+
+        pixels = ((images.detach().float().cpu().permute(0, 2, 3, 1) + 1.0) * 127.5).round().clamp(0, 255)
+        chips = [
+            np.ascontiguousarray(
+                cv2.resize(p, (self.CHIP_SIZE, self.CHIP_SIZE), interpolation=cv2.INTER_LINEAR)
+            )
+            for p in pixels.numpy().astype(np.uint8)
+        ]
+        descriptors = self.model.compute_face_descriptor(chips)
+        return torch.tensor(np.array([np.asarray(d) for d in descriptors]), dtype=torch.float32)
+
+
+def load_encoder(spec: str, device: str | torch.device | None = None) -> IdentityEncoder:
+    """Build an encoder from ``torch:PATH``, ``onnx:PATH``, ``insightface:PATH_OR_NAME`` or ``dlib``.
+
+    A bare path is guessed from its form: ``.onnx`` -> onnx, anything else -> torch.
+    """
+    kind, sep, target = str(spec).partition(":")
+    if not sep or (len(kind) == 1 and os.name == "nt"):
+        kind, target = (
+            ("dlib", "") if spec == "dlib" else (("onnx" if str(spec).endswith(".onnx") else "torch"), spec)
+        )
+    if kind == "torch":
+        torch_device = "cpu" if device in (None, "auto") else device
+        return TorchEncoder.from_path(target, device=torch_device)
+    if kind == "onnx":
+        return OnnxEncoder(target, device=device)
+    if kind == "insightface":
+        return InsightFaceEncoder(target, device=device)
+    if kind == "dlib":
+        return DlibEncoder(target or None)
+    raise FacesynthError(
+        f"unknown encoder kind {kind!r} in {spec!r}; use torch:, onnx:, insightface: or dlib"
+    )
