@@ -47,13 +47,10 @@ def sample_grid(
     plt = _pyplot()
     n_rows = len(rows)
     n_cols = max(len(r) for r in rows)
-    fig, axes = plt.subplots(
-        n_rows,
-        n_cols,
-        figsize=(cell_inches * n_cols + 1.2, cell_inches * n_rows + 0.4),
-        squeeze=False,
-        dpi=100,
-    )
+    label_inches = 0.06 * max((len(str(t)) for t in row_titles), default=0) + 0.1 if row_titles else 0.05
+    width = cell_inches * n_cols + label_inches + 0.1
+    height = cell_inches * n_rows + (0.35 if title else 0.05)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False, dpi=100)
     for r, images in enumerate(rows):
         for c in range(n_cols):
             ax = axes[r][c]
@@ -62,13 +59,26 @@ def sample_grid(
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if c < len(images):
-                ax.imshow(np.asarray(images[c], dtype=np.uint8))
+                ax.imshow(np.asarray(images[c], dtype=np.uint8), aspect="auto")
         if row_titles is not None:
-            axes[r][0].set_ylabel(str(row_titles[r]), rotation=0, ha="right", va="center", fontsize=7)
+            axes[r][0].text(
+                -0.04,
+                0.5,
+                str(row_titles[r]),
+                transform=axes[r][0].transAxes,
+                ha="right",
+                va="center",
+                fontsize=7,
+            )
     if title:
         fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(
-        left=0.15, right=0.99, top=0.93 if title else 0.99, bottom=0.01, wspace=0.03, hspace=0.03
+        left=label_inches / width,
+        right=1 - 0.05 / width,
+        top=1 - (0.3 if title else 0.02) / height,
+        bottom=0.02 / height,
+        wspace=0.03,
+        hspace=0.03,
     )
     try:
         return _save(fig, path)
@@ -94,7 +104,7 @@ def score_histograms(
         ax.stairs(density, edges, fill=True, alpha=0.45, label=f"{label} (n={int(counts.sum()):,})")
     for name, value in (thresholds or {}).items():
         ax.axvline(value, linestyle="--", linewidth=1, color="black")
-        ax.text(value, ax.get_ylim()[1] * 0.95, f" {name}={value:.3f}", fontsize=7, va="top")
+        ax.text(value, ax.get_ylim()[1] * 0.95, f" {name} threshold\n {value:.3f}", fontsize=7, va="top")
     ax.set_xlabel("cosine similarity")
     ax.set_ylabel("density")
     ax.set_xlim(-1, 1)
