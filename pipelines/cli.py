@@ -22,6 +22,7 @@ from facesynth.pipelines.errors import ConfigError, FacesynthError
 COMMANDS: dict[str, str] = {
     "generate": "generate",
     "verify": "verify",
+    "train-recognizer": "train_recognizer",
 }
 
 
