@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "generate": "generate",
     "verify": "verify",
     "train-recognizer": "train_recognizer",
+    "ingest": "ingest",
+    "bench": "bench",
 }
 
 
