@@ -1,0 +1,74 @@
+"""ID3's denoiser: a stock diffusers ``UNet2DConditionModel`` with named size presets.
+
+ID3 uses a U-Net trained from scratch; its width, depth and resolution are not published, so the
+presets below are our choice. Conditioning enters by cross-attention on the tokens of
+:class:`~facesynth.generators.id3_condition_encoder.ID3ConditionEncoder`. ``sample_size`` is the pixel
+size in pixel mode or the latent size in latent mode (``in_channels`` = the VAE's latent channels);
+it must be divisible by ``2 ** (levels - 1)`` (112 = 16 * 7 works with up to five levels).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffusers import UNet2DConditionModel
+
+from facesynth.pipelines.errors import ConfigError
+
+#: name -> (block widths, cross-attention flag per level, layers per block, norm groups, head dim)
+UNET_PRESETS: dict[str, tuple[tuple[int, ...], tuple[bool, ...], int, int, int]] = {
+    # tests: two levels, a few thousand parameters per layer
+    "tiny": ((32, 64), (False, True), 1, 8, 8),
+    # CPU experiments at 32-48 px
+    "small": ((64, 128, 128), (False, True, True), 1, 32, 32),
+    # 112x112 pixel space on a GPU: attention at 28x28 and 14x14
+    "base": ((128, 256, 256, 512), (False, False, True, True), 2, 32, 64),
+}
+
+
+def id3_unet_config(
+    preset: str = "base",
+    sample_size: int = 112,
+    in_channels: int = 3,
+    cross_attention_dim: int = 768,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The ``UNet2DConditionModel`` config of a preset (``overrides`` replace single entries)."""
+    if preset not in UNET_PRESETS:
+        raise ConfigError(f"unet preset: unknown name {preset!r}; choose one of {sorted(UNET_PRESETS)}")
+    widths, attention, layers, groups, head_dim = UNET_PRESETS[preset]
+    factor = 2 ** (len(widths) - 1)
+    if sample_size % factor:
+        raise ConfigError(
+            f"unet preset {preset!r}: sample_size {sample_size} must be divisible by {factor} "
+            f"({len(widths)} resolution levels)"
+        )
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+    config: dict[str, Any] = {
+        "sample_size": sample_size,
+        "in_channels": in_channels,
+        "out_channels": in_channels,
+        "block_out_channels": widths,
+        "down_block_types": down,
+        "up_block_types": up,
+        "layers_per_block": layers,
+        "norm_num_groups": groups,
+        "attention_head_dim": head_dim,
+        "cross_attention_dim": cross_attention_dim,
+    }
+    config.update(overrides)
+    return config
+
+
+def build_id3_unet(
+    preset: str = "base",
+    sample_size: int = 112,
+    in_channels: int = 3,
+    cross_attention_dim: int = 768,
+    **overrides: Any,
+) -> UNet2DConditionModel:
+    """A freshly initialised ID3 denoiser (see :func:`id3_unet_config`)."""
+    return UNet2DConditionModel(
+        **id3_unet_config(preset, sample_size, in_channels, cross_attention_dim, **overrides)
+    )
