@@ -25,6 +25,9 @@ COMMANDS: dict[str, str] = {
     "train-recognizer": "train_recognizer",
     "ingest": "ingest",
     "bench": "bench",
+    "quality": "quality",
+    "card": "card",
+    "publish": "publish",
 }
 
 
