@@ -1,0 +1,438 @@
+"""The frequency frontend shared by DCTDP, DuetFace, PartialFace and MinusFace (brief sections 2.1-2.5).
+
+Definition (TFace numerics): an aligned RGB face ``x`` (B, 3, 112, 112) in [-1, 1] is mapped to [0, 1],
+upsampled x8 with bilinear interpolation and ``align_corners=True`` (112 -> 896 per side), scaled by
+255, converted to JPEG full-range YCbCr, shifted by -128, cut into 8x8 blocks and transformed with the
+orthonormal 2-D DCT-II. The coefficient of frequency (v, u) (v vertical, u horizontal) of colour
+component c in block (i, j) lands in channel ``64 * c + 8 * v + u`` at position (i, j): 192 channels of
+112 x 112, colour-major, row-major inside the block (not zig-zag).
+
+How it is computed. Upsampling and the DCT are linear and separable, and the colour transform is a
+per-pixel affine map whose offsets survive interpolation unchanged (every interpolation row sums to
+one), so the colour transform is applied first at 112 x 112 and, per axis, upsample + block DCT is one
+(896 x 112) matrix ``A = blockdiag(D8) @ M`` (``M`` the interpolation matrix, rows ordered as
+(frequency, block)). Each output block row only touches the source rows next to it (at most three:
+offsets -1, 0, +1), so ``A`` is stored as a band and ``Y = A Z A^T`` costs a few multiply-adds per output
+value; the 896 x 896 image is never built. The matrices are derived in float64 from the definition and
+checked to be banded when the frontend is built. Results equal the straightforward
+upsample + unfold + matmul computation within float32 rounding (a few 1e-4 absolute on coefficients
+of magnitude ~1e3; tests pin this against a scipy ``dctn`` reference).
+
+Inverses:
+
+- :meth:`FrequencyFrontend.idct_upsampled` is the exact inverse at the upsampled resolution (block
+  IDCT, inverse colour transform): it returns the 896 x 896 image in [-1, 1] (float32 rounding only).
+- :meth:`FrequencyFrontend.decode` returns a 112 x 112 image in [-1, 1], differentiable, with two
+  modes: ``"tface"`` (TFace's ``idct_transform``: x1/8 bilinear downsampling with
+  ``align_corners=True`` of the 896 image, then clamping) and ``"lstsq"`` (the least-squares left
+  inverse ``(A^T A)^-1 A^T`` per axis: exact for an untouched spectrum, and the best 112 x 112 fit for
+  a pruned or noisy one; no clamping). The ``"tface"`` decode is not an exact inverse: the resampling
+  points fall between two interpolated samples that straddle the original pixel, so the error is a
+  small multiple of the local second difference (max ~0.03 of the pixel range on smooth faces; the
+  tests bound it at 0.05 on [-1, 1] images of random smooth content).
+
+Deviations from TFace, all documented choices:
+
+- The decode returns [-1, 1] (TFace: [0, 1]); ``"tface"`` clamps to [-1, 1], the same set of images.
+- The inverse colour transform is the exact matrix inverse of the forward constants (TFace/torchjpeg
+  use the rounded JPEG constants 1.402, 0.344136, 0.714136, 1.772), so round trips are exact.
+- The 112 input size is a parameter (``input_size``), not hard-coded.
+- ``mode="fast"`` replaces ``align_corners=True`` with ``align_corners=False``: with a factor of 8 the
+  upsample-then-block-DCT is then periodic and is exactly one fixed stride-1 3x3 convolution (64
+  filters per colour component, replicate padding reproduces PyTorch's edge clamping). Its numbers
+  are *not* TFace's (checkpoints trained on one mode do not transfer to the other).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facesynth.pipelines.errors import FacesynthError
+
+#: JPEG full-range RGB -> YCbCr (ITU-T T.871), rows Y, Cb, Cr; applied to RGB in [0, 255].
+YCBCR_MATRIX = np.array(
+    [
+        [0.299, 0.587, 0.114],
+        [-0.168736, -0.331264, 0.5],
+        [0.5, -0.418688, -0.081312],
+    ],
+    dtype=np.float64,
+)
+#: Offsets added after the matrix (Cb and Cr are centred on 128).
+YCBCR_OFFSET = np.array([0.0, 128.0, 128.0], dtype=np.float64)
+#: Level shift applied to every component before the DCT (JPEG convention).
+LEVEL_SHIFT = 128.0
+
+BLOCK = 8
+FREQS = BLOCK * BLOCK  # 64 frequencies per colour component
+NUM_COLOURS = 3
+NUM_CHANNELS = NUM_COLOURS * FREQS  # 192
+COLOUR_NAMES = ("Y", "Cb", "Cr")
+MODES = ("tface", "fast")
+DECODE_METHODS = ("tface", "lstsq")
+
+
+def channel_index(colour: int, v: int, u: int) -> int:
+    """Channel of colour component ``colour`` (0 Y, 1 Cb, 2 Cr) at vertical/horizontal frequency (v, u)."""
+    if not (0 <= colour < NUM_COLOURS and 0 <= v < BLOCK and 0 <= u < BLOCK):
+        raise ValueError(f"bad (colour, v, u) = ({colour}, {v}, {u})")
+    return FREQS * colour + BLOCK * v + u
+
+
+def dct_matrix(n: int = BLOCK) -> np.ndarray:
+    """Orthonormal DCT-II matrix ``D`` (float64): ``D[k, r] = alpha(k) cos((2r+1) k pi / 2n)``."""
+    k = np.arange(n)[:, None]
+    r = np.arange(n)[None, :]
+    mat = np.cos((2 * r + 1) * k * math.pi / (2 * n)) * math.sqrt(2.0 / n)
+    mat[0, :] = math.sqrt(1.0 / n)
+    return mat
+
+
+def interpolation_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
+    """(n_out, n_in) float64 matrix of 1-D linear interpolation, as ``F.interpolate`` defines it.
+
+    ``align_corners=True``: source coordinate ``k (n_in - 1) / (n_out - 1)``. ``False``: ``(k + 0.5)
+    n_in / n_out - 0.5`` clamped at 0. The upper neighbour index is clamped to ``n_in - 1``.
+    """
+    mat = np.zeros((n_out, n_in), dtype=np.float64)
+    for k in range(n_out):
+        if align_corners:
+            src = k * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        else:
+            src = max((k + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = min(int(math.floor(src)), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        lam = src - i0
+        mat[k, i0] += 1.0 - lam
+        mat[k, i1] += lam
+    return mat
+
+
+def _band(mat: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
+    """Band form of a (F, nb, nq) coupling between blocks i and pixels q.
+
+    Returns offsets ``o_k`` (q = i + o_k) and coefficients ``c[f, i, k] = mat[f, i, i + o_k]`` (zero
+    where i + o_k is outside), after checking that nothing outside the band is non-zero.
+    """
+    f, nb, nq = mat.shape
+    rows, cols = np.nonzero(np.abs(mat).max(axis=0) > 0)
+    offsets = tuple(range(int((cols - rows).min()), int((cols - rows).max()) + 1))
+    coeffs = np.zeros((f, nb, len(offsets)), dtype=np.float64)
+    covered = np.zeros_like(mat)
+    for k, off in enumerate(offsets):
+        for i in range(nb):
+            q = i + off
+            if 0 <= q < nq:
+                coeffs[:, i, k] = mat[:, i, q]
+                covered[:, i, q] = mat[:, i, q]
+    if not np.array_equal(covered, mat):  # pragma: no cover - a construction bug, not bad input
+        raise AssertionError("frequency frontend matrix is not banded as expected")
+    return offsets, coeffs
+
+
+@lru_cache(maxsize=8)
+def _axis_operators(input_size: int, upsample: int, align_corners: bool) -> dict[str, object]:
+    """Per-axis float64 operators of the frontend (cached; see the module docstring)."""
+    n_up = input_size * upsample
+    if n_up % BLOCK:
+        raise FacesynthError(f"input_size*upsample = {n_up} is not a multiple of the {BLOCK}-pixel block")
+    nb = n_up // BLOCK
+    interp = interpolation_matrix(input_size, n_up, align_corners)  # (n_up, n)
+    d8 = dct_matrix(BLOCK)
+    # A[f, i, q] = sum_r D[f, r] M[8 i + r, q]: frequency f of block i from source pixel q
+    forward = np.einsum("fr,irq->fiq", d8, interp.reshape(nb, BLOCK, input_size))
+    # TFace decode: downsample the 896 image with align_corners=True, G[q, (f, i)] = sum_r Dn[q, 8i+r] D[f, r]
+    down = interpolation_matrix(n_up, input_size, True)  # (n, n_up)
+    decode = np.einsum("qir,fr->fiq", down.reshape(input_size, nb, BLOCK), d8)
+    gram = np.einsum("fiq,fip->qp", forward, forward)  # A^T A = M^T M (block DCT is orthogonal)
+    return {
+        "forward": _band(forward),
+        "decode": _band(decode),
+        "gram_inv": np.linalg.inv(gram),
+        "nb": nb,
+    }
+
+
+class FrequencyFrontend(nn.Module):
+    """Block DCT of aligned faces (B, 3, S, S) in [-1, 1] -> (B, 192, S*up/8, S*up/8), and its inverses.
+
+    Args:
+        input_size: side of the aligned face (112).
+        upsample: upsampling factor before the 8x8 block DCT (8, so one block per source pixel).
+        mode: ``"tface"`` (bilinear, ``align_corners=True``: TFace-compatible numbers) or ``"fast"``
+            (``align_corners=False``: one fixed 3x3 convolution; different numbers, see module doc).
+
+    The operators are buffers (non-persistent), so ``.to(device)`` moves them; every method runs on
+    any device and dtype (float32/float64). The forward is differentiable when its input requires a
+    gradient; otherwise it takes a chunked in-place path that writes each output value once.
+    """
+
+    def __init__(self, input_size: int = 112, upsample: int = 8, mode: str = "tface"):
+        super().__init__()
+        if mode not in MODES:
+            raise FacesynthError(f"frequency frontend mode must be one of {MODES}, got {mode!r}")
+        if input_size < 2 or upsample < 1:
+            raise FacesynthError(f"bad frontend geometry input_size={input_size} upsample={upsample}")
+        self.input_size = int(input_size)
+        self.upsample = int(upsample)
+        self.mode = mode
+        ops = _axis_operators(self.input_size, self.upsample, mode == "tface")
+        self.grid = int(ops["nb"])
+        self.forward_offsets, fwd = ops["forward"]
+        self.decode_offsets, dec = ops["decode"]
+        ycc = YCBCR_MATRIX
+        # z = 127.5 * (C @ x) + bias for x in [-1, 1]: RGB255 = 127.5 x + 127.5, then C, offset, -128
+        bias = 127.5 * ycc.sum(axis=1) + YCBCR_OFFSET - LEVEL_SHIFT
+        inv = np.linalg.inv(ycc)
+        self.register_buffer("fwd_band", torch.from_numpy(fwd).float(), persistent=False)  # (8, nb, K)
+        self.register_buffer("dec_band", torch.from_numpy(dec).float(), persistent=False)
+        self.register_buffer("gram_inv", torch.from_numpy(ops["gram_inv"]).float(), persistent=False)
+        self.register_buffer("colour", torch.from_numpy(127.5 * ycc).float(), persistent=False)
+        self.register_buffer("colour_bias", torch.from_numpy(bias).float(), persistent=False)
+        self.register_buffer("colour_inv", torch.from_numpy(inv / 127.5).float(), persistent=False)
+        d8 = dct_matrix(BLOCK)
+        self.register_buffer("dct8", torch.from_numpy(d8).float(), persistent=False)
+        if mode == "fast":
+            self.register_buffer(
+                "fast_kernel", torch.from_numpy(self._fast_kernel(fwd)).float(), persistent=False
+            )
+
+    # ------------------------------------------------------------------------------------------
+    # helpers
+
+    def _fast_kernel(self, band: np.ndarray) -> np.ndarray:
+        """(192, 1, K, K) conv weights of the periodic (align_corners=False) frontend, per colour group."""
+        if self.upsample != BLOCK or self.forward_offsets != (-1, 0, 1):
+            raise FacesynthError("mode='fast' needs upsample=8 (one 8x8 block per source pixel)")
+        mid = band[:, self.grid // 2, :]  # interior row: the same for every block when periodic
+        if not np.allclose(band[:, 1:-1, :], mid[:, None, :], atol=1e-12):  # pragma: no cover
+            raise AssertionError("fast frontend band is not periodic")
+        kernel = np.einsum("vk,ul->vukl", mid, mid).reshape(FREQS, 1, 3, 3)
+        return np.tile(kernel, (NUM_COLOURS, 1, 1, 1))
+
+    def check_images(self, images: torch.Tensor) -> None:
+        """Raise a clear error unless ``images`` is (B, 3, S, S) floating point with S = input_size."""
+        if not isinstance(images, torch.Tensor):
+            raise FacesynthError(f"expected a torch.Tensor of images, got {type(images).__name__}")
+        shape = tuple(images.shape)
+        s = self.input_size
+        if images.dim() != 4 or shape[1] != 3 or shape[2:] != (s, s):
+            raise FacesynthError(f"expected RGB images of shape (B, 3, {s}, {s}) in [-1, 1], got {shape}")
+        if not images.is_floating_point():
+            raise FacesynthError(f"expected floating-point images in [-1, 1], got dtype {images.dtype}")
+
+    def check_coefficients(self, coeffs: torch.Tensor) -> None:
+        """Raise a clear error unless ``coeffs`` is (B, 192, g, g) with g the block grid side."""
+        g = self.grid
+        if (
+            not isinstance(coeffs, torch.Tensor)
+            or coeffs.dim() != 4
+            or tuple(coeffs.shape[1:])
+            != (
+                NUM_CHANNELS,
+                g,
+                g,
+            )
+        ):
+            shape = tuple(coeffs.shape) if isinstance(coeffs, torch.Tensor) else type(coeffs).__name__
+            raise FacesynthError(
+                f"expected DCT coefficients of shape (B, {NUM_CHANNELS}, {g}, {g}) "
+                f"(zero-fill pruned channels first), got {shape}"
+            )
+
+    def to_ycbcr_shifted(self, images: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] RGB -> JPEG YCbCr in [0, 255] minus 128 (per pixel, at input resolution)."""
+        m = self.colour.to(images.dtype)
+        b = self.colour_bias.to(images.dtype)
+        return torch.einsum("cd,bdhw->bchw", m, images) + b.view(1, 3, 1, 1)
+
+    def from_ycbcr_shifted(self, planes: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_ycbcr_shifted` (exact matrix inverse), back to [-1, 1] RGB."""
+        m = self.colour_inv.to(planes.dtype)
+        b = self.colour_bias.to(planes.dtype)
+        return torch.einsum("cd,bdhw->bchw", m, planes - b.view(1, 3, 1, 1))
+
+    # ------------------------------------------------------------------------------------------
+    # forward
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [-1, 1] -> (B, 192, g, g) DCT coefficients (channel 64c + 8v + u)."""
+        self.check_images(images)
+        z = self.to_ycbcr_shifted(images)
+        if self.mode == "fast":
+            pad = F.pad(z, (1, 1, 1, 1), mode="replicate")
+            return F.conv2d(pad, self.fast_kernel.to(z.dtype), groups=NUM_COLOURS)
+        batch = z.shape[0]
+        planes = z.reshape(batch * NUM_COLOURS, self.input_size, self.input_size)
+        if torch.is_grad_enabled() and planes.requires_grad:
+            out = self._separable_autograd(planes)
+        else:
+            out = self._separable_inplace(planes)
+        return out.reshape(batch, NUM_CHANNELS, self.grid, self.grid)
+
+    def _band_rows(self, planes: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+        """Apply the banded (8 x nb x K) operator along dim -2: (N, q, W) -> (N, 8, nb, W)."""
+        lo, hi = -self.forward_offsets[0], self.forward_offsets[-1]
+        nb, n_in = self.grid, planes.shape[-2]
+        padded = F.pad(planes, (0, 0, lo, hi + max(0, nb - n_in)))
+        out = None
+        for k, off in enumerate(self.forward_offsets):
+            term = padded[:, None, off + lo : off + lo + nb, :] * band[None, :, :, k, None]
+            out = term if out is None else out + term
+        return out
+
+    def _separable_autograd(self, planes: torch.Tensor) -> torch.Tensor:
+        """Out-of-place version of the forward (keeps the autograd graph)."""
+        band = self.fwd_band.to(planes.dtype)
+        rows = self._band_rows(planes, band)  # (N, 8v, nb_i, W)
+        n = rows.shape[0]
+        cols = self._band_rows(rows.reshape(n * BLOCK, self.grid, -1).transpose(1, 2), band)
+        # cols: (N*8v, 8u, nb_j, nb_i) -> (N, v, u, i, j)
+        cols = cols.reshape(n, BLOCK, BLOCK, self.grid, self.grid).transpose(-1, -2)
+        return cols.contiguous()
+
+    def _separable_inplace(self, planes: torch.Tensor) -> torch.Tensor:
+        """Forward without autograd: rows by one small matmul, columns by a banded pass, per plane.
+
+        ``T = A Z`` (8g x S, cheap) is computed densely; the column step then writes each of the
+        plane's 64 g^2 outputs with K multiply-adds whose operands are all contiguous along the last
+        axis. One plane at a time keeps the temporaries in cache, so the output is written once.
+        """
+        dtype = planes.dtype
+        n, s, g = planes.shape[0], self.input_size, self.grid
+        band = self.fwd_band.to(dtype)
+        offsets = self.forward_offsets
+        lo, hi = -offsets[0], offsets[-1]
+        a_rows = self._dense_forward(dtype).reshape(BLOCK * g, s)  # (8g, S) = A
+        out = torch.empty(n, BLOCK, BLOCK, g, g, dtype=dtype, device=planes.device)
+        width = lo + max(g, s) + hi
+        work = torch.zeros(BLOCK, g, width, dtype=dtype, device=planes.device)
+        coef = band.permute(2, 0, 1).reshape(len(offsets), 1, BLOCK, 1, g)  # [k] -> (1, u, 1, j)
+        for p in range(n):
+            torch.matmul(a_rows, planes[p], out=work.view(BLOCK * g, width)[:, lo : lo + s])
+            dst = out[p]  # (v, u, i, j)
+            for k, off in enumerate(offsets):
+                src = work[:, None, :, lo + off : lo + off + g]  # (v, 1, i, j)
+                if k == 0:
+                    torch.mul(src, coef[k], out=dst)
+                else:
+                    dst.addcmul_(src, coef[k])
+        return out
+
+    def _dense_forward(self, dtype: torch.dtype) -> torch.Tensor:
+        """The per-axis operator A as a dense (8, g, S) tensor, built from its band."""
+        s, g = self.input_size, self.grid
+        band = self.fwd_band.to(dtype)
+        dense = torch.zeros(BLOCK, g, s, dtype=dtype, device=band.device)
+        idx = torch.arange(g, device=band.device)
+        for k, off in enumerate(self.forward_offsets):
+            valid = (idx + off >= 0) & (idx + off < s)
+            dense[:, idx[valid], idx[valid] + off] = band[:, valid, k]
+        return dense
+
+    # ------------------------------------------------------------------------------------------
+    # inverses
+
+    def idct_upsampled(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """Exact inverse at the upsampled resolution: (B, 192, g, g) -> (B, 3, 8g, 8g) RGB in [-1, 1].
+
+        Block IDCT, +128 and the inverse colour transform; no resampling, no clamping. This does build
+        the upsampled image (it is what it returns).
+        """
+        self.check_coefficients(coeffs)
+        b, g = coeffs.shape[0], self.grid
+        d8 = self.dct8.to(coeffs.dtype)
+        c = coeffs.reshape(b, NUM_COLOURS, BLOCK, BLOCK, g, g)
+        pix = torch.einsum("vr,uc,bkvuij->bkirjc", d8, d8, c).reshape(b, NUM_COLOURS, g * BLOCK, g * BLOCK)
+        return self.from_ycbcr_shifted(pix)
+
+    def block_dct_upsampled(self, upsampled: torch.Tensor) -> torch.Tensor:
+        """Colour transform + 8x8 block DCT of an already upsampled [-1, 1] RGB image (B, 3, 8g, 8g).
+
+        The inverse of :meth:`idct_upsampled`; ``block_dct_upsampled(F.interpolate(x, 8, bilinear,
+        align_corners=True))`` equals ``forward(x)`` within rounding.
+        """
+        b, g = upsampled.shape[0], self.grid
+        if tuple(upsampled.shape[1:]) != (3, g * BLOCK, g * BLOCK):
+            raise FacesynthError(
+                f"expected upsampled RGB of shape (B, 3, {g * BLOCK}, {g * BLOCK}), got {tuple(upsampled.shape)}"
+            )
+        z = self.to_ycbcr_shifted(upsampled).reshape(b, NUM_COLOURS, g, BLOCK, g, BLOCK)
+        d8 = self.dct8.to(upsampled.dtype)
+        return torch.einsum("vr,uc,bkirjc->bkvuij", d8, d8, z).reshape(b, NUM_CHANNELS, g, g)
+
+    def _band_adjoint(
+        self, coeffs: torch.Tensor, band: torch.Tensor, offsets: tuple[int, ...]
+    ) -> torch.Tensor:
+        """``Z[q, p] = sum g[v, i, q] g[u, j, p] C[v, u, i, j]`` for a banded ``g``: (N, 8, 8, g, g) -> (N, S, S)."""
+        n, s, nb = coeffs.shape[0], self.input_size, self.grid
+        lo = max(0, -offsets[0])
+        span = lo + max(nb + offsets[-1], s)
+        idx = torch.arange(nb, device=coeffs.device)
+        rows = coeffs.new_zeros(n, BLOCK, span, nb)  # (N, u, q, j)
+        for k, off in enumerate(offsets):
+            rows = rows.index_add(2, idx + off + lo, torch.einsum("nvuij,vi->nuij", coeffs, band[:, :, k]))
+        rows = rows[:, :, lo : lo + s]
+        out = coeffs.new_zeros(n, s, span)  # (N, q, p)
+        for k, off in enumerate(offsets):
+            out = out.index_add(2, idx + off + lo, torch.einsum("nuqj,uj->nqj", rows, band[:, :, k]))
+        return out[:, :, lo : lo + s]
+
+    def decode(self, coeffs: torch.Tensor, method: str = "tface") -> torch.Tensor:
+        """(B, 192, g, g) -> (B, 3, S, S) RGB in [-1, 1], differentiable (see the module docstring).
+
+        ``method="tface"``: TFace's decode (x1/8 bilinear, align_corners=True, then clamp).
+        ``method="lstsq"``: the least-squares left inverse of the forward (exact for an unmodified
+        spectrum, no clamping).
+        """
+        self.check_coefficients(coeffs)
+        if method not in DECODE_METHODS:
+            raise FacesynthError(f"decode method must be one of {DECODE_METHODS}, got {method!r}")
+        b, g, s = coeffs.shape[0], self.grid, self.input_size
+        c = coeffs.reshape(b * NUM_COLOURS, BLOCK, BLOCK, g, g)
+        if method == "tface":
+            planes = self._band_adjoint(c, self.dec_band.to(coeffs.dtype), self.decode_offsets)
+        else:
+            planes = self._band_adjoint(c, self.fwd_band.to(coeffs.dtype), self.forward_offsets)
+            r = self.gram_inv.to(coeffs.dtype)
+            planes = r @ planes @ r
+        image = self.from_ycbcr_shifted(planes.reshape(b, NUM_COLOURS, s, s))
+        return image.clamp(-1.0, 1.0) if method == "tface" else image
+
+
+def reference_block_dct(images: torch.Tensor, upsample: int = 8) -> torch.Tensor:
+    """The straightforward form of the same definition: upsample + colour + unfold + matmul.
+
+    Builds the (B, 3, 896, 896) image, as TFace does; used as the baseline in
+    ``benchmarks/bench_frequency_frontend.py`` and as an independent check in the tests.
+    """
+    b, _, h, w = images.shape
+    x = (images * 0.5 + 0.5) * 255.0
+    up = F.interpolate(x, scale_factor=upsample, mode="bilinear", align_corners=True)
+    m = torch.as_tensor(YCBCR_MATRIX, dtype=images.dtype, device=images.device)
+    off = torch.as_tensor(YCBCR_OFFSET, dtype=images.dtype, device=images.device)
+    ycc = torch.einsum("cd,bdhw->bchw", m, up) + off.view(1, 3, 1, 1) - LEVEL_SHIFT
+    hu, wu = ycc.shape[-2:]
+    blocks = F.unfold(ycc.reshape(b * 3, 1, hu, wu), kernel_size=BLOCK, stride=BLOCK)  # (N, 64, L)
+    d8 = torch.as_tensor(dct_matrix(BLOCK), dtype=images.dtype, device=images.device)
+    basis = torch.kron(d8, d8)  # (64 (v,u), 64 (r,c))
+    coeffs = basis @ blocks
+    return coeffs.reshape(b, NUM_CHANNELS, hu // BLOCK, wu // BLOCK)
+
+
+_DEFAULT: dict[tuple[str, str, int], FrequencyFrontend] = {}
+
+
+def block_dct(images: torch.Tensor, mode: str = "tface") -> torch.Tensor:
+    """Functional form of :class:`FrequencyFrontend` (one cached instance per mode, device and size)."""
+    size = int(images.shape[-1]) if isinstance(images, torch.Tensor) and images.dim() == 4 else 112
+    key = (mode, str(images.device), size)
+    if key not in _DEFAULT:
+        _DEFAULT[key] = FrequencyFrontend(input_size=size, mode=mode).to(images.device)
+    return _DEFAULT[key](images)
