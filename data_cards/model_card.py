@@ -57,6 +57,19 @@ class ModelCardFacts:
         return "cc-by-nc-4.0" if self.resolve_noncommercial() else "apache-2.0"
 
 
+def is_hub_id(name: str) -> bool:
+    """``namespace/name`` that is a valid Hub repo id and not a folder on this machine."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.count("/") != 1 or Path(name).exists():
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def _eval_results(facts: ModelCardFacts) -> list:
     from huggingface_hub import EvalResult
 
@@ -96,7 +109,7 @@ def card_data(facts: ModelCardFacts):
         library_name="pytorch",
         pipeline_tag="image-feature-extraction",
         tags=tags,
-        datasets=[d for d in facts.training_data if "/" in d] or None,
+        datasets=[d for d in facts.training_data if is_hub_id(d)] or None,
         base_model=facts.base_model,
         eval_results=results or None,
         metrics=sorted({r.metric_type for r in results}) or None,
@@ -128,6 +141,7 @@ def build_model_card(facts: ModelCardFacts, template_path: str | Path | None = N
         facts=facts,
         license_id=facts.resolve_license(),
         noncommercial=facts.resolve_noncommercial(),
+        hub_data=[d for d in facts.training_data if is_hub_id(d)],
         recipe_yaml=recipe_yaml if facts.recipe else "",
         bench_columns=columns,
         bench_rows=rows,
