@@ -74,14 +74,19 @@ def predict_x0(
 
 
 def embed_for_identity(encoder: Any, images: torch.Tensor) -> torch.Tensor:
-    """Unit embeddings of images in [-1, 1], resized to the encoder's input size (default 112).
+    """Unit embeddings of images in [-1, 1], resized (bilinear, differentiable) to the encoder's input size.
+
+    ``input_size`` is read from the encoder: an int, (height, width), or None for "any size"; absent
+    means 112x112.
 
     ``encoder`` is an identity encoder with ``embed(images)`` (facesynth.recognizers.encoders) or any
     ``nn.Module`` mapping images to embeddings; the result is L2-normalised here in either case.
     """
-    size = int(getattr(encoder, "input_size", 112) or 112)
-    if images.shape[-1] != size or images.shape[-2] != size:
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    size = getattr(encoder, "input_size", (112, 112))
+    if size is not None:
+        size = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
+        if tuple(images.shape[-2:]) != size:
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     out = encoder.embed(images) if hasattr(encoder, "embed") else encoder(images)
     return F.normalize(out.float(), dim=-1)
 

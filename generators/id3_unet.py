@@ -18,7 +18,7 @@ from facesynth.pipelines.errors import ConfigError
 #: name -> (block widths, cross-attention flag per level, layers per block, norm groups, head dim)
 UNET_PRESETS: dict[str, tuple[tuple[int, ...], tuple[bool, ...], int, int, int]] = {
     # tests: two levels, a few thousand parameters per layer
-    "tiny": ((32, 64), (False, True), 1, 8, 8),
+    "tiny": ((16, 32), (False, True), 1, 8, 8),
     # CPU experiments at 32-48 px
     "small": ((64, 128, 128), (False, True, True), 1, 32, 32),
     # 112x112 pixel space on a GPU: attention at 28x28 and 14x14

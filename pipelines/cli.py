@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "generate": "generate",
     "verify": "verify",
     "train-recognizer": "train_recognizer",
+    "train-generator": "train_generator",
     "ingest": "ingest",
     "bench": "bench",
     "quality": "quality",
