@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +41,7 @@ from facesynth.pipelines.errors import FacesynthError
 logger = logging.getLogger(__name__)
 
 _MAX_BLOCK_ELEMENTS = 1 << 26  # cosines held at once in the all-pairs pass (256 MiB in float32)
+_DENSE_GATHER_LIMIT = 1 << 21  # N*K*D up to which a step gathers neighbours densely (8 MiB)
 
 
 @dataclass
@@ -139,6 +141,33 @@ def nearest_neighbours(
     return indices, values
 
 
+def _soft_neighbour_mean(
+    anchors: torch.Tensor, neighbour_idx: torch.Tensor, beta: float, sparse: bool = False
+) -> torch.Tensor:
+    """Per point, the softmax(beta * cos)-weighted mean of its listed neighbours, (N, D).
+
+    Large problems (or ``sparse=True``) use sparse CSR kernels (sampled dense-dense product for the
+    N*K cosines, sparse-dense product for the means), which never materialise the (N, K, D) gathered
+    neighbours; small ones gather directly.
+    """
+    n, k = neighbour_idx.shape
+    if not sparse and n * k * anchors.shape[1] <= _DENSE_GATHER_LIMIT:
+        near = anchors[neighbour_idx]  # small problems: one gather is cheaper than sparse set-up
+        weights = torch.softmax(beta * torch.einsum("nd,nkd->nk", anchors, near), dim=1)
+        return torch.einsum("nk,nkd->nd", weights, near)
+    crow = torch.arange(0, n * k + 1, k, device=anchors.device)
+    col = neighbour_idx.reshape(-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        pattern = torch.sparse_csr_tensor(
+            crow, col, torch.ones(n * k, dtype=anchors.dtype, device=anchors.device), size=(n, n)
+        )
+        cos = torch.sparse.sampled_addmm(pattern, anchors, anchors.T, beta=0.0).values().view(n, k)
+        weights = torch.softmax(beta * cos, dim=1).reshape(-1)
+        matrix = torch.sparse_csr_tensor(crow, col, weights, size=(n, n))
+        return matrix @ anchors
+
+
 def random_sphere_points(
     num_points: int, dim: int, seed: int, subspace: SphereSubspace | None = None
 ) -> torch.Tensor:
@@ -197,7 +226,6 @@ def solve_tammes(
     anchors, norm = embed(z)
     k = min(neighbours, num_points - 1)
     rows = block_rows or max(1, min(num_points, _MAX_BLOCK_ELEMENTS // num_points))
-    step_rows = max(1, (1 << 24) // max(1, k * dim))  # gathered neighbour block: ~64 MiB
     history: list[tuple[int, float]] = []
     best, best_cos, random_cos = anchors.clone(), float("inf"), float("nan")
     bar = tqdm(total=steps, desc=f"tammes N={num_points} D={dim}", unit="step", disable=not progress)
@@ -217,13 +245,7 @@ def solve_tammes(
         frac = step / max(1, steps - 1)
         lr = step_size * (final_step_size / step_size) ** frac
         beta = sharpness * (final_sharpness / sharpness) ** frac
-        grad = torch.empty_like(anchors)
-        for start in range(0, num_points, step_rows):
-            stop = min(num_points, start + step_rows)
-            near = anchors[neighbour_idx[start:stop]]  # (B, K, D)
-            cos = torch.einsum("bd,bkd->bk", anchors[start:stop], near)
-            weights = torch.softmax(beta * cos, dim=1)
-            grad[start:stop] = torch.einsum("bk,bkd->bd", weights, near)
+        grad = _soft_neighbour_mean(anchors, neighbour_idx, beta)
         if space is not None:
             grad_z = space.pull_back(grad, anchors, norm)
         else:

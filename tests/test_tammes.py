@@ -106,3 +106,13 @@ def test_bad_settings_are_explained():
         SphereSubspace.fit(np.eye(8), 9)
     with pytest.raises(FacesynthError, match="NaN"):
         SphereSubspace.fit(np.full((10, 4), np.nan), 2)
+
+
+def test_sparse_and_dense_steps_agree():
+    from facesynth.generators.tammes import _soft_neighbour_mean
+
+    points = random_sphere_points(300, 24, seed=4)
+    idx, _ = nearest_neighbours(points, 8)
+    dense = _soft_neighbour_mean(points, idx, 30.0)
+    sparse = _soft_neighbour_mean(points, idx, 30.0, sparse=True)
+    assert torch.allclose(dense, sparse, atol=1e-5)
