@@ -16,6 +16,7 @@ Run: ``python -m facesynth.benchmarks.bench_parametric_renderer [--images 400] [
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from typing import Any
 
@@ -36,34 +37,45 @@ def _requests(seed: int, labels: range, per_identity: int) -> list[SampleRequest
     return [SampleRequest(k, i, sample_seed(seed, k, i)) for k in labels for i in range(per_identity)]
 
 
-def renderer_images_per_second(n: int = 256, seed: int = 0, **options: Any) -> float:
-    """Wall-clock images/s of the ``parametric`` generator over ``n`` images (one process)."""
-    generator = ParametricRenderer(num_identities=max(1, n // 8 + 1), seed=seed, **options)
-    requests = _requests(seed, range(n // 8 + 1), 8)[:n]
+def renderer_images_per_second(n: int = 256, seed: int = 0, repeats: int = 3, **options: Any) -> float:
+    """Wall-clock images/s of the ``parametric`` generator: ``n`` images, best of ``repeats`` runs.
+
+    The best run is the least disturbed by other processes on a shared machine.
+    """
+    per_identity = 8
+    generator = ParametricRenderer(num_identities=n // per_identity + 1, seed=seed, **options)
+    requests = _requests(seed, range(n // per_identity + 1), per_identity)[:n]
     generator.generate(requests[:4])  # warm caches
-    start = time.perf_counter()
-    generator.generate(requests)
-    return n / (time.perf_counter() - start)
+    best = math.inf
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        generator.generate(requests)
+        best = min(best, time.perf_counter() - start)
+    return n / best
 
 
-def _throughput(n: int, seed: int, options: dict[str, Any]) -> dict[str, float]:
+def _throughput(n: int, seed: int, options: dict[str, Any], repeats: int) -> dict[str, float]:
+    """Best-of-``repeats`` wall and CPU-time rates of rendering vs PNG-encoding the same images."""
     generator = ParametricRenderer(num_identities=n, seed=seed, **options)
     requests = _requests(seed, range(n // 8 + 1), 8)[:n]
     generator.generate(requests[:4])
-    wall, cpu = time.perf_counter(), time.process_time()
-    faces = generator.generate(requests)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    images = [face.image for face in faces]
-    enc_wall, enc_cpu = time.perf_counter(), time.process_time()
-    for image in images:
-        encode_image(image, "png")
-    enc_wall, enc_cpu = time.perf_counter() - enc_wall, time.process_time() - enc_cpu
-    return {
-        "render_per_s": n / wall,
-        "render_per_cpu_s": n / max(cpu, 1e-9),
-        "png_per_s": n / enc_wall,
-        "png_per_cpu_s": n / max(enc_cpu, 1e-9),
-    }
+    rates = {"render_per_s": 0.0, "render_per_cpu_s": 0.0, "png_per_s": 0.0, "png_per_cpu_s": 0.0}
+    for _ in range(max(1, repeats)):
+        wall, cpu = time.perf_counter(), time.process_time()
+        images = [face.image for face in generator.generate(requests)]
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        enc_wall, enc_cpu = time.perf_counter(), time.process_time()
+        for image in images:
+            encode_image(image, "png")
+        enc_wall, enc_cpu = time.perf_counter() - enc_wall, time.process_time() - enc_cpu
+        for key, value in (
+            ("render_per_s", n / wall),
+            ("render_per_cpu_s", n / max(cpu, 1e-9)),
+            ("png_per_s", n / enc_wall),
+            ("png_per_cpu_s", n / max(enc_cpu, 1e-9)),
+        ):
+            rates[key] = max(rates[key], value)
+    return rates
 
 
 def cnn_probe(
@@ -165,7 +177,8 @@ def cnn_probe(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=400, help="images to time")
+    parser.add_argument("--images", type=int, default=200, help="images to time per repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats (the best is reported)")
     parser.add_argument(
         "--identities", type=int, default=200, help="fresh identities for raw-pixel verification"
     )
@@ -177,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     options = {"difficulty": args.difficulty, "supersample": args.supersample}
 
-    t = _throughput(args.images, args.seed, options)
+    t = _throughput(args.images, args.seed, options, args.repeats)
     print(
         f"parametric renderer, {args.images} images at 112x112, difficulty {args.difficulty}, supersample {args.supersample}"
     )
