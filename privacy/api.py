@@ -255,7 +255,7 @@ class PrivacyMethod(RecognitionMethod):
         """Evaluation through the full protected path, drawing from the ``eval_seed`` stream."""
         gen = getattr(self, "_eval_generator", None)
         device = self._device()
-        if gen is None or gen.device != device:
+        if gen is None or gen.device.type != device.type:
             gen = _seed_generator(self.eval_seed, device)
             self._eval_generator = gen
         return self.recognize(self.protect(images, seed=gen))
