@@ -156,7 +156,7 @@ def reference_centres(
         emb = _stored_embeddings(table, reference)
     else:
         emb = _embed_images(reference, encoder, batch_size, labels, show_progress)
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     codes, classes = encode_labels(labels)
     centres, _ = class_centres(emb, codes, classes.size)
     return centres, _first_names(labels, table["identity"])
