@@ -5,4 +5,4 @@ Importing this package registers the privacy methods with the recognizer registr
 client/server API and :mod:`facesynth.privacy.frequency_frontend` for the shared block DCT.
 """
 
-from facesynth.privacy import dctdp, partialface  # noqa: F401  (registration on import)
+from facesynth.privacy import dctdp, duetface, minusface, partialface  # noqa: F401  (registration on import)

@@ -459,3 +459,117 @@ def channel_scale(views: Iterable[torch.Tensor]) -> torch.Tensor:
 def round_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """Round metrics for reports (keeps ints as ints)."""
     return {k: (round(v, 4) if isinstance(v, float) and np.isfinite(v) else v) for k, v in metrics.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole attack on one target
+
+
+@dataclass
+class AttackConfig:
+    """Both attackers' settings and the success operating point (see the module docstring)."""
+
+    decoder: DecoderConfig
+    ridge: bool = True
+    ridge_mode: str = "local"
+    ridge_alpha: float = 1.0
+    ridge_kernel: int = 3
+    ridge_positions: int | None = 512
+    ridge_pool: int = 4
+    far: float = 1e-3
+    batch_size: int = 16
+    scale_batches: int = 4
+
+
+ViewFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def _batches(images: torch.Tensor, batch_size: int, order: torch.Tensor | None = None):
+    idx = torch.arange(images.shape[0]) if order is None else order
+    for start in range(0, len(idx), batch_size):
+        yield idx[start : start + batch_size]
+
+
+def run_attack(
+    view_fn: ViewFn,
+    public_images: torch.Tensor,
+    victim_images: torch.Tensor,
+    victim_labels: torch.Tensor,
+    config: AttackConfig,
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    identity_encoder: nn.Module | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
+    """Train both attackers on public pairs, attack the victims, score every recovery.
+
+    ``view_fn(images, seed)`` runs the target's client on a batch and returns what the attacker
+    feeds its models (the payload as a (B, C, H, W) tensor); ``seed`` makes random clients
+    reproducible (a different seed per batch and pass). Returns ``(metrics, recoveries)``: metrics
+    per attacker ("decoder", "ridge", and "no_information", the public set's mean face returned for
+    every victim, the floor any attacker must beat), and the recovered victim images per attacker.
+    """
+    if public_images.shape[0] < 2 or victim_images.shape[0] < 2:
+        raise FacesynthError(
+            f"attack needs at least 2 public and 2 victim images, got {public_images.shape[0]} and {victim_images.shape[0]}"
+        )
+    size = tuple(public_images.shape[-2:])
+    bs = config.batch_size
+    g = torch.Generator().manual_seed(config.decoder.seed)
+    # attacker-side standardisation, from public pairs only
+    scale_views = []
+    for i, idx in enumerate(_batches(public_images, bs)):
+        if i >= config.scale_batches:
+            break
+        with torch.no_grad():
+            scale_views.append(view_fn(public_images[idx], 10_000 + i))
+    in_channels = int(scale_views[0].shape[1])
+    scale = channel_scale(scale_views)
+    del scale_views
+
+    recoveries: dict[str, torch.Tensor] = {}
+    if config.ridge:
+        ridge = RidgeInverse(
+            alpha=config.ridge_alpha,
+            mode=config.ridge_mode,
+            kernel=config.ridge_kernel,
+            positions_per_image=config.ridge_positions,
+            pool=config.ridge_pool,
+            seed=config.decoder.seed,
+        )
+        for i, idx in enumerate(_batches(public_images, bs)):
+            with torch.no_grad():
+                view = view_fn(public_images[idx], 20_000 + i)
+            ridge.partial_fit(view / scale.view(1, -1, 1, 1), public_images[idx])
+        ridge.finish()
+
+    epoch = [0]
+
+    def pairs():
+        order = torch.randperm(public_images.shape[0], generator=g)
+        epoch[0] += 1
+        for j, idx in enumerate(_batches(public_images, bs, order)):
+            if len(idx) < 2:
+                continue
+            with torch.no_grad():
+                view = view_fn(public_images[idx], 1_000_000 * epoch[0] + j)
+            yield view, public_images[idx]
+
+    decoder = train_decoder(pairs, in_channels, config.decoder, identity_encoder, scale, progress)
+
+    rec_dec, rec_ridge = [], []
+    for i, idx in enumerate(_batches(victim_images, bs)):
+        with torch.no_grad():
+            view = view_fn(victim_images[idx], 30_000 + i)
+            rec_dec.append(decode(decoder, view, size, scale))
+            if config.ridge:
+                rec_ridge.append(ridge.predict(view / scale.view(1, -1, 1, 1)))
+    recoveries["decoder"] = torch.cat(rec_dec)
+    if config.ridge:
+        recoveries["ridge"] = torch.cat(rec_ridge)
+    recoveries["no_information"] = public_images.mean(0, keepdim=True).expand_as(victim_images).contiguous()
+    metrics = {}
+    with torch.no_grad():
+        for name, rec in recoveries.items():
+            metrics[name] = recovery_metrics(rec, victim_images, victim_labels, embed, far=config.far)
+    metrics["view"] = {"channels": in_channels, "height": int(view.shape[-2]), "width": int(view.shape[-1])}
+    return metrics, recoveries

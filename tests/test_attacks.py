@@ -158,3 +158,25 @@ def test_roi_mask_from_template_and_landmarks():
     assert bare.sum().item() == pytest.approx(21 * 21, abs=1)
     with pytest.raises(FacesynthError, match="shape"):
         roi_mask_from_landmarks(torch.zeros(2, 2))
+
+
+def test_attack_on_the_identity_method_recovers_near_perfectly():
+    from facesynth.privacy.attacks import AttackConfig, run_attack
+
+    public = _smooth_images(48, 32, seed=2) * 0.8
+    victims = _smooth_images(12, 32, seed=3) * 0.8
+    labels = torch.arange(6).repeat_interleave(2)
+    config = AttackConfig(
+        decoder=DecoderConfig(block_out_channels=(8, 16), lr=3e-3, steps=120, batch_size=8),
+        ridge_positions=256,
+        ridge_alpha=1e-6,
+        batch_size=8,
+        far=0.1,
+    )
+    metrics, recoveries = run_attack(
+        lambda images, seed: images, public, victims, labels, config, embed=lambda x: x.flatten(1), progress=False
+    )
+    assert metrics["ridge"]["psnr"] > 45 and metrics["ridge"]["ssim"] > 0.99
+    assert metrics["decoder"]["psnr"] > metrics["no_information"]["psnr"] + 8
+    assert metrics["ridge"]["attack_success"] == pytest.approx(metrics["ridge"]["reference_tar"])
+    assert recoveries["decoder"].shape == victims.shape
