@@ -78,3 +78,46 @@ def _embed(encoder: TorchEncoder, images: list[np.ndarray]) -> np.ndarray:
     batch = nn.functional.interpolate(batch, size=encoder.input_size, mode="bilinear", antialias=True)
     with torch.no_grad():
         return encoder.embed(batch).numpy()
+
+
+def tiny_pipeline(
+    sample_size: int = 8, dim: int = EMBEDDING_DIM, seed: int = 0, condition_dropout: float = 0.1
+):
+    """A randomly initialised ID3Pipeline small enough for CPU tests (2-level UNet, 8x8 pixels)."""
+    from diffusers import DDPMScheduler
+
+    from facesynth.generators.id3_condition_encoder import ID3ConditionEncoder
+    from facesynth.generators.id3_pipeline import ID3Pipeline
+    from facesynth.generators.id3_unet import build_id3_unet
+
+    torch.manual_seed(seed)
+    unet = build_id3_unet("tiny", sample_size, cross_attention_dim=32)
+    encoder = ID3ConditionEncoder(
+        embedding_dim=dim, hidden_dims=(32, 32), cross_attention_dim=32, condition_dropout=condition_dropout
+    )
+    pipe = ID3Pipeline(
+        unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000), condition_encoder=encoder
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def unit_embeddings(batch: int, dim: int = EMBEDDING_DIM, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return nn.functional.normalize(torch.randn(batch, dim, generator=generator), dim=1)
+
+
+def one_thread():
+    """Context for tests: one intra-op thread (the CI box is small and shared; more threads thrash)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def _ctx():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    return _ctx()
