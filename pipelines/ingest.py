@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "ingest_report.json"
+STAGING = ".facesynth/ingest_staging"
 
 
 class IngestConfig(StageConfig):
@@ -260,6 +263,11 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
             f"{out}: holds a dataset made with other settings (config hash {manifest.config_hash}); "
             "choose another --out or delete it"
         )
+    if any((out / "data").glob("*.parquet")):
+        raise FacesynthError(
+            f"{out}: has shards but no {MANIFEST_NAME} (an unfinished or foreign dataset); "
+            "delete its data/ folder or choose another --out"
+        )
     identities = list_source(config)
     aligner = build_aligner(config.aligner, device=config.device, none_mode=config.none_mode)
     encoder = load_encoder(config.encoder, device=config.device) if config.encoder else None
@@ -267,7 +275,12 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
     groups = plan_groups(identities, config.rows_per_shard)
     total = sum(len(i.images) for i in identities)
     skipped: list[dict[str, str]] = []
-    records: list[ShardRecord] = []
+    # shards are staged under STAGING and moved to data/ at the end, once the number of non-empty
+    # shards (the "of-N" in their names) is known
+    staging = out / STAGING
+    if staging.exists():
+        shutil.rmtree(staging)
+    staged: list[tuple[Path, int, int, int]] = []  # (file, label_start, label_stop, rows)
     next_label = 0
     progress = tqdm(total=total, desc="ingest", unit="img", disable=not show_progress)
     for shard_index, group in enumerate(groups):
@@ -303,10 +316,19 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
                 )
                 for row, vector in zip(batch, embeddings, strict=True):
                     row.embedding = vector
-        name = shard_name(shard_index, len(groups))
-        write_shard(out / name, rows_to_table(rows, dim, image_format=config.image_format))
-        records.append(ShardRecord(name, label_start, next_label, len(rows), sha256_file(out / name)))
+        if rows:
+            part = staging / f"part-{shard_index:05d}.parquet"
+            write_shard(part, rows_to_table(rows, dim, image_format=config.image_format))
+            staged.append((part, label_start, next_label, len(rows)))
     progress.close()
+    records: list[ShardRecord] = []
+    for index, (part, label_start, label_stop, num_rows) in enumerate(staged):
+        name = shard_name(index, len(staged))
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, out / name)
+        records.append(ShardRecord(name, label_start, label_stop, num_rows, sha256_file(out / name)))
+    if staging.exists():
+        shutil.rmtree(staging)
     report = {
         "source": str(config.source),
         "num_listed": total,

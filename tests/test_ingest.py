@@ -1,0 +1,144 @@
+"""facesynth ingest: identity folders (with bad files), ORL in place, HF datasets, shards; the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from facesynth.pipelines.cli import main
+from facesynth.pipelines.errors import FacesynthError
+from facesynth.pipelines.ingest import REPORT_NAME, IngestConfig, ingest
+from facesynth.pipelines.manifest import Manifest
+from facesynth.pipelines.shard_format import decode_image
+from facesynth.pipelines.shard_reader import read_columns
+from facesynth.pipelines.verify import verify_dataset
+from facesynth.recognizers.backbones import build_backbone, save_backbone
+from facesynth.recognizers.encoders import load_encoder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny") / "run"
+    save_backbone(build_backbone("tiny", input_size=(112, 112)), folder)
+    return folder
+
+
+def _tree(root):
+    """3 good identities x 3 faces; one corrupt file, one non-square image, one identity with only junk."""
+    rng = np.random.default_rng(0)
+    for person in ("alice", "bob", "carol"):
+        (root / person).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(
+                root / person / f"{i}.png"
+            )
+    (root / "bob" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    Image.fromarray(np.zeros((112, 300, 3), np.uint8)).save(root / "carol" / "banner.png")
+    (root / "dave").mkdir()
+    (root / "dave" / "notes.jpg").write_text("not an image")
+    return root
+
+
+def _all_rows(folder):
+    return [row for f in sorted((folder / "data").glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
+
+
+def test_ingest_identity_tree_with_bad_files(tmp_path, tiny_model):
+    src = _tree(tmp_path / "src")
+    out = tmp_path / "out"
+    config = IngestConfig(source=src, out=out, encoder=f"torch:{tiny_model}", rows_per_shard=4)
+    result = ingest(config, show_progress=False)
+    assert (result.num_identities, result.num_images, result.num_skipped) == (3, 9, 3)
+    report = json.loads((out / REPORT_NAME).read_text())
+    reasons = {item["item"].split("/src/")[1]: item["reason"] for item in report["skipped"]}
+    assert set(reasons) == {"bob/broken.jpg", "carol/banner.png", "dave/notes.jpg"}
+    assert reasons["bob/broken.jpg"].startswith("unreadable")
+    assert "too far from square" in reasons["carol/banner.png"]
+    assert report["num_listed"] == 12 and report["num_written"] == 9
+    assert verify_dataset(out) == []
+    manifest = Manifest.read(out)
+    assert manifest.num_identities == 3 and manifest.embedding_dim == 128
+    assert [(s.label_start, s.label_stop) for s in manifest.shards] == [(0, 1), (1, 2), (2, 3)]  # whole ids
+    rows = _all_rows(out)
+    assert [r["label"] for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [r["identity"] for r in rows[::3]] == ["alice", "bob", "carol"]
+    assert [r["index"] for r in rows[:3]] == [0, 1, 2]
+    # the stored embedding is the encoder's embedding of the stored (lossless) image
+    encoder = load_encoder(f"torch:{tiny_model}")
+    images = np.stack([decode_image(r["image"]["bytes"]) for r in rows])
+    np.testing.assert_allclose(
+        np.array([r["embedding"] for r in rows]), encoder.embed_numpy(images), atol=1e-5
+    )
+    np.testing.assert_array_equal(images[0], np.asarray(Image.open(src / "alice" / "0.png")))
+    # rerun with the same settings: nothing to do; other settings into the same folder: refused
+    assert ingest(config, show_progress=False).reused
+    with pytest.raises(FacesynthError, match="other settings"):
+        ingest(IngestConfig(source=src, out=out), show_progress=False)
+
+
+@pytest.mark.slow
+def test_ingest_orl_in_place(orl_root, tmp_path, tiny_model):
+    out = tmp_path / "orl"
+    config = IngestConfig(
+        source=orl_root, out=out, encoder=f"torch:{tiny_model}", rows_per_shard=50, max_identities=12
+    )
+    result = ingest(config, show_progress=False)
+    counts = (result.num_identities, result.num_images, result.num_skipped, result.num_shards)
+    assert counts == (12, 120, 0, 3)
+    assert verify_dataset(out) == []
+    table = read_columns(out, ["label", "identity", "embedding"])
+    assert sorted(set(table.column("label").to_pylist())) == list(range(12))
+    assert table.column("identity").to_pylist()[:10] == ["s1"] * 10  # ORL's top-level README is no identity
+    first = pq.read_table(sorted((out / "data").glob("*.parquet"))[0], columns=["image"]).column("image")[0]
+    assert decode_image(first.as_py()["bytes"]).shape == (112, 112, 3)  # grey 92x112 -> RGB 112x112
+    embeddings = np.array(table.column("embedding").to_pylist())
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def test_ingest_hf_dataset_and_existing_shards(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)) for _ in range(5)]
+    ds = datasets.Dataset.from_dict(
+        {"image": images, "label": [1, 0, 1, 0, 1]},
+        features=datasets.Features(
+            {"image": datasets.Image(), "label": datasets.ClassLabel(names=["x", "y"])}
+        ),
+    )
+    ds.save_to_disk(str(tmp_path / "hf"))
+    result = ingest(IngestConfig(source=tmp_path / "hf", out=tmp_path / "from_hf"), show_progress=False)
+    assert (result.num_identities, result.num_images) == (2, 5)
+    rows = _all_rows(tmp_path / "from_hf")
+    assert [(r["identity"], r["label"], r["index"]) for r in rows] == [
+        ("x", 0, 0),
+        ("x", 0, 1),
+        ("y", 1, 0),
+        ("y", 1, 1),
+        ("y", 1, 2),
+    ]
+    assert "embedding" not in rows[0]  # no encoder chosen
+    np.testing.assert_array_equal(decode_image(rows[2]["image"]["bytes"]), np.asarray(images[0]))
+    # existing shards in, shards out (e.g. to fill embeddings with another encoder)
+    again = ingest(
+        IngestConfig(source=tmp_path / "from_hf", out=tmp_path / "again", aligner="none", none_mode="strict"),
+        show_progress=False,
+    )
+    assert (again.num_identities, again.num_images) == (2, 5)
+    assert [r["identity"] for r in _all_rows(tmp_path / "again")] == ["x", "x", "y", "y", "y"]
+
+
+def test_ingest_cli(tmp_path, tiny_model, capsys):
+    src = _tree(tmp_path / "src")
+    code = main(["ingest", str(src), "--out", str(tmp_path / "o"), "--image-format", "jpeg"])
+    assert code == 0
+    assert "9 images of 3 identities" in capsys.readouterr().out
+    assert main(["ingest", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+    assert main(["ingest", str(src), "--out", str(tmp_path / "o3"), "--aligner", "mtcnn"]) == 2
+    assert main(["ingest", str(src), "--out", str(tmp_path / "o4"), "--rows-per-shard", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "ingest source not found" in err and "unknown aligner" in err and "rows_per_shard" in err
