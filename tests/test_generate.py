@@ -271,10 +271,10 @@ def test_kill_9_then_rerun_equals_uninterrupted(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     written = len(list((out / "data").glob("train-*.parquet")))
-    assert 3 <= written < 30, "the kill must land in the middle of the run"
+    assert 3 <= written < 40, f"the kill must land in the middle of the run ({written} shards written)"
     assert not (out / "facesynth.json").exists()
     rerun = _cli("generate", *args, "--out", str(out))
-    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert _rows_by_key(out) == _rows_by_key(tmp_path / "ref")
     assert _cli("verify", str(out)).returncode == 0
 
