@@ -68,20 +68,14 @@ def mentions_noncommercial_source(*configs: Any) -> bool:
 
 
 def find_checkpoint_hash(config: Any) -> str | None:
-    """The first value under a key naming a checkpoint / weights hash in a nested generator config."""
+    """The first string under a key naming a checkpoint / weights / pipeline hash (or fingerprint) in
+    a nested generator config, e.g. the ID3 generator's ``pipeline_fingerprint``."""
     if isinstance(config, Mapping):
         for key, value in config.items():
             lowered = str(key).lower()
-            if (
-                isinstance(value, str)
-                and ("hash" in lowered or "sha" in lowered)
-                and (
-                    "checkpoint" in lowered
-                    or "weights" in lowered
-                    or "model" in lowered
-                    or "pipeline" in lowered
-                )
-            ):
+            names_digest = any(word in lowered for word in ("hash", "sha", "fingerprint"))
+            names_weights = any(word in lowered for word in ("checkpoint", "weights", "model", "pipeline"))
+            if isinstance(value, str) and names_digest and names_weights:
                 return value
         for value in config.values():
             found = find_checkpoint_hash(value)

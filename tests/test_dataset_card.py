@@ -12,6 +12,7 @@ from huggingface_hub import DatasetCard
 from facesynth.data_cards.dataset_card import (
     DatasetCardFacts,
     build_dataset_card,
+    find_checkpoint_hash,
     size_category,
     write_dataset_card,
 )
@@ -136,3 +137,11 @@ def test_card_without_quality_report_says_so():
 )
 def test_size_categories_come_from_the_allowed_list(rows, category):
     assert size_category(rows) == category
+
+
+def test_checkpoint_hash_is_found_in_nested_generator_configs():
+    config = {"anchors_sha256": "aaaa", "model": {"pipeline_fingerprint": "f00d", "lr": 1}}
+    assert find_checkpoint_hash(config) == "f00d"  # the anchors digest is not a checkpoint hash
+    assert find_checkpoint_hash({"difficulty": "easy"}) is None
+    card = build_dataset_card(facts(generator="id3", generator_config=config))
+    assert "| checkpoint hash | `f00d` |" in card.text
