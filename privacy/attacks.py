@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facesynth.pipelines.errors import FacesynthError
+from facesynth.privacy.payload import Payload, PayloadHeader
 from facesynth.privacy.unet import UNet
 
 logger = logging.getLogger(__name__)
@@ -481,7 +482,65 @@ class AttackConfig:
     scale_batches: int = 4
 
 
-ViewFn = Callable[[torch.Tensor, int], torch.Tensor]
+ProtectFn = Callable[[torch.Tensor, int], Payload | torch.Tensor]
+
+
+def attack_view(payload: Payload | torch.Tensor) -> torch.Tensor:
+    """What the attacker's models read: the payload tensor plus every auxiliary tensor (DuetFace's
+    masks), resized bilinearly to the main tensor's side and stacked as extra channels."""
+    if isinstance(payload, torch.Tensor):
+        return payload
+    main = payload.tensor.float()
+    parts = [main]
+    for name in sorted(payload.extras):
+        extra = payload.extras[name].float()
+        if extra.dim() != 4:
+            raise FacesynthError(
+                f"payload extra {name!r} has shape {tuple(extra.shape)}, expected (B, C, H, W)"
+            )
+        parts.append(F.interpolate(extra, size=main.shape[-2:], mode="bilinear", align_corners=False))
+    return torch.cat(parts, dim=1)
+
+
+@dataclass
+class TrainedAttack:
+    """Both trained attackers for one target, bound to the payload header they were trained on."""
+
+    decoder: UNet | None
+    ridge: RidgeInverse | None
+    scale: torch.Tensor
+    header: PayloadHeader | None
+    size: tuple[int, int]
+
+    def view(self, payload: Payload | torch.Tensor) -> torch.Tensor:
+        """The attack view of a payload, refusing payloads from another method, key or shape."""
+        if self.header is not None:
+            if not isinstance(payload, Payload):
+                raise FacesynthError(
+                    f"this attack was trained on {self.header.method} payloads; got a bare {type(payload).__name__}"
+                )
+            payload.check_for(self.header)
+        elif isinstance(payload, Payload):
+            raise FacesynthError(
+                f"this attack was trained on unprotected images; got a {payload.header.method} payload"
+            )
+        view = attack_view(payload)
+        if view.shape[1] != self.scale.numel():
+            raise FacesynthError(
+                f"payload has {view.shape[1]} attack channels, the attack was trained on {self.scale.numel()}"
+            )
+        return view
+
+    @torch.no_grad()
+    def recover(self, payload: Payload | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Recovered images per attacker ("decoder", and "ridge" when fitted)."""
+        if self.decoder is None:
+            raise FacesynthError("the attack decoder has not been trained yet")
+        view = self.view(payload)
+        out = {"decoder": decode(self.decoder, view, self.size, self.scale)}
+        if self.ridge is not None:
+            out["ridge"] = self.ridge.predict(view / self.scale.view(1, -1, 1, 1))
+        return out
 
 
 def _batches(images: torch.Tensor, batch_size: int, order: torch.Tensor | None = None):
@@ -491,7 +550,7 @@ def _batches(images: torch.Tensor, batch_size: int, order: torch.Tensor | None =
 
 
 def run_attack(
-    view_fn: ViewFn,
+    protect_fn: ProtectFn,
     public_images: torch.Tensor,
     victim_images: torch.Tensor,
     victim_labels: torch.Tensor,
@@ -499,34 +558,36 @@ def run_attack(
     embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
     identity_encoder: nn.Module | None = None,
     progress: bool = True,
-) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
+) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor], TrainedAttack]:
     """Train both attackers on public pairs, attack the victims, score every recovery.
 
-    ``view_fn(images, seed)`` runs the target's client on a batch and returns what the attacker
-    feeds its models (the payload as a (B, C, H, W) tensor); ``seed`` makes random clients
-    reproducible (a different seed per batch and pass). Returns ``(metrics, recoveries)``: metrics
-    per attacker ("decoder", "ridge", and "no_information", the public set's mean face returned for
-    every victim, the floor any attacker must beat), and the recovered victim images per attacker.
+    ``protect_fn(images, seed)`` runs the target's client on a batch and returns its
+    :class:`~facesynth.privacy.payload.Payload` (or, for the unprotected baseline, the images
+    themselves); ``seed`` makes random clients reproducible (a different seed per batch and pass).
+    The attacker is bound to the first payload's header and refuses payloads of any other method or
+    key. Returns ``(metrics, recoveries, attack)``: metrics per attacker ("decoder", "ridge" and
+    "no_information", the public set's mean face for every victim: the floor any attacker must beat),
+    the recovered victim images per attacker, and the trained :class:`TrainedAttack`.
     """
     if public_images.shape[0] < 2 or victim_images.shape[0] < 2:
         raise FacesynthError(
             f"attack needs at least 2 public and 2 victim images, got {public_images.shape[0]} and {victim_images.shape[0]}"
         )
-    size = tuple(public_images.shape[-2:])
+    size = (int(public_images.shape[-2]), int(public_images.shape[-1]))
     bs = config.batch_size
     g = torch.Generator().manual_seed(config.decoder.seed)
+    first = protect_fn(public_images[:bs], 10_000)
+    header = first.header if isinstance(first, Payload) else None
     # attacker-side standardisation, from public pairs only
-    scale_views = []
+    scale_views = [attack_view(first)]
     for i, idx in enumerate(_batches(public_images, bs)):
-        if i >= config.scale_batches:
-            break
-        with torch.no_grad():
-            scale_views.append(view_fn(public_images[idx], 10_000 + i))
+        if 0 < i < config.scale_batches:
+            scale_views.append(attack_view(protect_fn(public_images[idx], 10_000 + i)))
     in_channels = int(scale_views[0].shape[1])
     scale = channel_scale(scale_views)
-    del scale_views
+    del scale_views, first
+    attack = TrainedAttack(decoder=None, ridge=None, scale=scale, header=header, size=size)
 
-    recoveries: dict[str, torch.Tensor] = {}
     if config.ridge:
         ridge = RidgeInverse(
             alpha=config.ridge_alpha,
@@ -537,10 +598,9 @@ def run_attack(
             seed=config.decoder.seed,
         )
         for i, idx in enumerate(_batches(public_images, bs)):
-            with torch.no_grad():
-                view = view_fn(public_images[idx], 20_000 + i)
+            view = attack.view(protect_fn(public_images[idx], 20_000 + i))
             ridge.partial_fit(view / scale.view(1, -1, 1, 1), public_images[idx])
-        ridge.finish()
+        attack.ridge = ridge.finish()
 
     epoch = [0]
 
@@ -550,26 +610,19 @@ def run_attack(
         for j, idx in enumerate(_batches(public_images, bs, order)):
             if len(idx) < 2:
                 continue
-            with torch.no_grad():
-                view = view_fn(public_images[idx], 1_000_000 * epoch[0] + j)
-            yield view, public_images[idx]
+            yield attack.view(protect_fn(public_images[idx], 1_000_000 * epoch[0] + j)), public_images[idx]
 
-    decoder = train_decoder(pairs, in_channels, config.decoder, identity_encoder, scale, progress)
+    attack.decoder = train_decoder(pairs, in_channels, config.decoder, identity_encoder, scale, progress)
 
-    rec_dec, rec_ridge = [], []
+    parts: dict[str, list[torch.Tensor]] = {}
     for i, idx in enumerate(_batches(victim_images, bs)):
-        with torch.no_grad():
-            view = view_fn(victim_images[idx], 30_000 + i)
-            rec_dec.append(decode(decoder, view, size, scale))
-            if config.ridge:
-                rec_ridge.append(ridge.predict(view / scale.view(1, -1, 1, 1)))
-    recoveries["decoder"] = torch.cat(rec_dec)
-    if config.ridge:
-        recoveries["ridge"] = torch.cat(rec_ridge)
+        for name, rec in attack.recover(protect_fn(victim_images[idx], 30_000 + i)).items():
+            parts.setdefault(name, []).append(rec)
+    recoveries = {name: torch.cat(chunks) for name, chunks in parts.items()}
     recoveries["no_information"] = public_images.mean(0, keepdim=True).expand_as(victim_images).contiguous()
-    metrics = {}
+    metrics: dict[str, dict[str, float]] = {}
     with torch.no_grad():
         for name, rec in recoveries.items():
             metrics[name] = recovery_metrics(rec, victim_images, victim_labels, embed, far=config.far)
-    metrics["view"] = {"channels": in_channels, "height": int(view.shape[-2]), "width": int(view.shape[-1])}
-    return metrics, recoveries
+    metrics["view"] = {"channels": in_channels}
+    return metrics, recoveries, attack

@@ -173,10 +173,17 @@ def test_attack_on_the_identity_method_recovers_near_perfectly():
         batch_size=8,
         far=0.1,
     )
-    metrics, recoveries = run_attack(
-        lambda images, seed: images, public, victims, labels, config, embed=lambda x: x.flatten(1), progress=False
+    metrics, recoveries, attack = run_attack(
+        lambda images, seed: images,
+        public,
+        victims,
+        labels,
+        config,
+        embed=lambda x: x.flatten(1),
+        progress=False,
     )
     assert metrics["ridge"]["psnr"] > 45 and metrics["ridge"]["ssim"] > 0.99
     assert metrics["decoder"]["psnr"] > metrics["no_information"]["psnr"] + 8
     assert metrics["ridge"]["attack_success"] == pytest.approx(metrics["ridge"]["reference_tar"])
     assert recoveries["decoder"].shape == victims.shape
+    assert set(attack.recover(victims[:2])) == {"decoder", "ridge"}

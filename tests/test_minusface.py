@@ -1,0 +1,80 @@
+"""MinusFace: residue, stage-1 losses and LR scaling, stage-2 shuffled protective image, payload checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from facesynth.pipelines.errors import FacesynthError
+from facesynth.privacy.api import build_privacy_method, load_privacy_method
+from facesynth.recognizers.methods import save_method
+
+GEN = (4, 8)
+
+
+def _method(**kwargs):
+    torch.manual_seed(0)
+    return build_privacy_method("minusface", "tiny", generator_widths=GEN, **kwargs)
+
+
+def _faces(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 14, 14, generator=g) * 2 - 1
+    return torch.nn.functional.interpolate(low, size=(112, 112), mode="bilinear", align_corners=False)
+
+
+def test_stage1_losses_and_generator_gradient_scale():
+    images, labels = _faces(2), torch.tensor([0, 1])
+    grads = {}
+    for scale in (1.0, 0.1):
+        method = _method(stage=1, generator_lr_scale=scale).train()
+        emb, aux = method(images, labels)
+        assert emb.shape == (2, method.embedding_size)
+        assert set(aux) == {"minusface_l1"} and aux["minusface_l1"].item() > 0
+        (emb.pow(2).sum() + aux["minusface_l1"]).backward()
+        grads[scale] = method.generator.head.weight.grad.clone()
+        assert method.backbone.conv1.weight.shape[1] == 192
+    assert torch.allclose(grads[0.1], 0.1 * grads[1.0], rtol=1e-4, atol=1e-8)
+    sparse = _method(stage=1, sparsity_weight=1e-3).train()
+    assert "minusface_sparsity" in sparse(images, labels)[1]
+
+
+def test_stage2_protective_image_is_random_per_query_and_image_sized(tmp_path):
+    stage1 = _method(stage=1)
+    save_method(stage1, tmp_path / "s1")
+    method = _method(stage=2, stage1_from=str(tmp_path / "s1")).eval()
+    for a, b in zip(method.generator.parameters(), stage1.generator.parameters(), strict=True):
+        assert torch.equal(a, b) and not a.requires_grad
+    images = _faces(3)
+    p0, p0_again, p1 = (method.protect(images, seed=s) for s in (0, 0, 1))
+    assert p0.tensor.shape == (3, 3, 112, 112) and p0.nbytes == 3 * 4 * 3 * 112 * 112
+    assert p0.tensor.min() >= -1 and p0.tensor.max() <= 1
+    assert torch.equal(p0.tensor, p0_again.tensor)
+    assert not torch.allclose(p0.tensor, p1.tensor)
+    # without shuffling, decoding the residue plus the regeneration would give the face back: the
+    # payload is the decoded *shuffled* residue, far from the face
+    assert (p0.tensor - images).abs().mean() > 0.1
+    method.train()
+    assert not method.generator.training
+    emb, aux = method(images, torch.tensor([0, 1, 2]))
+    assert aux == {} and emb.shape == (3, method.embedding_size)
+    dup = _method(stage=2, n_dup=2).eval()
+    assert dup.protect(images, seed=0).tensor.shape == (3, 6, 112, 112)
+    save_method(method, tmp_path / "s2")
+    assert "stage1_from" not in method.method_kwargs()
+    assert load_privacy_method(str(tmp_path / "s2")).recognize(p0).shape == (3, method.embedding_size)
+
+
+def test_payload_from_another_stage_or_seed_is_refused_and_options_validated():
+    images = _faces(2)
+    server = _method(stage=2).eval()
+    with pytest.raises(FacesynthError, match="client key"):
+        server.recognize(_method(stage=2, key_seed=3).eval().protect(images, seed=0))
+    with pytest.raises(FacesynthError, match="client key|shape"):
+        server.recognize(_method(stage=2, n_dup=2).eval().protect(images, seed=0))
+    with pytest.raises(FacesynthError, match="stage"):
+        _method(stage=3)
+    with pytest.raises(FacesynthError, match="n_dup"):
+        _method(n_dup=0)
+    with pytest.raises(FacesynthError, match="stage1_from"):
+        _method(stage=2, stage1_from="/nonexistent")
