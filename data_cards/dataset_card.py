@@ -170,7 +170,8 @@ def build_dataset_card(facts: DatasetCardFacts, template_path: str | Path | None
     generator_yaml = yaml.safe_dump(
         json.loads(json.dumps(dict(facts.generator_config), default=str)), sort_keys=True
     )
-    stage_yaml = yaml.safe_dump(json.loads(json.dumps(dict(facts.stage_config), default=str)), sort_keys=True)
+    stage = {k: v for k, v in dict(facts.stage_config).items() if v is not None}
+    stage_yaml = yaml.safe_dump(json.loads(json.dumps(stage, default=str)), sort_keys=True)
     return DatasetCard.from_template(
         data,
         template_path=str(template_path or TEMPLATES / "dataset_card.md"),
