@@ -174,9 +174,12 @@ class ID3Generator(FaceGenerator):
         self.batch_size = opts.batch_size
 
         folder = Path(opts.pipeline)
-        self.pipe = ID3Pipeline.from_pretrained(folder)
+        # float32 is diffusers' default; other dtypes go through from_pretrained so that modules
+        # diffusers keeps in float32 stay there
+        dtype_kwargs = {} if opts.dtype == "float32" else {"torch_dtype": DTYPES[opts.dtype]}
+        self.pipe = ID3Pipeline.from_pretrained(folder, **dtype_kwargs)
         _swap_scheduler(self.pipe, opts.scheduler)
-        self.pipe.to(self.device, DTYPES[opts.dtype])
+        self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self._fingerprint = _pipeline_fingerprint(folder)
         encoder_config = self.pipe.condition_encoder.config
