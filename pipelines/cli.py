@@ -26,9 +26,13 @@ COMMANDS: dict[str, str] = {
     "train-generator": "train_generator",
     "ingest": "ingest",
     "bench": "bench",
+    "attack": "attack",
     "quality": "quality",
     "card": "card",
     "publish": "publish",
+    "pairs": "pairs",
+    "run": "run",
+    "demo": "demo",
 }
 
 

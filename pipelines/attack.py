@@ -1,0 +1,273 @@
+"""``facesynth attack``: the white-box recovery attack on a trained privacy method (or on plain RGB).
+
+Wiring only: load the attacker's public faces and the victims' faces from shards (identity-disjoint:
+the attacker never sees a victim identity), load the target (a trained privacy-method folder, or
+``rgb`` for the unprotected baseline whose "payload" is the image itself) and an independent
+identity encoder, run :func:`facesynth.privacy.attacks.run_attack`, and write ``attack.json``,
+``attack.md`` and ``samples.png`` (originals, then each attacker's recoveries).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from facesynth.pipelines.config import StageConfig
+from facesynth.pipelines.errors import FacesynthError
+
+logger = logging.getLogger(__name__)
+
+RGB_TARGET = "rgb"
+
+
+class AttackStageConfig(StageConfig):
+    """Settings of ``facesynth attack``."""
+
+    target: str = Field(description="trained privacy-method folder, or 'rgb' for the unprotected baseline")
+    public: list[str] = Field(min_length=1, description="the attacker's shard folders (public faces)")
+    victims: list[str] = Field(
+        default_factory=list, description="victims' shard folders; empty: split public"
+    )
+    public_fraction: float = Field(
+        default=0.5, gt=0, lt=1, description="identity share for the attacker when victims is empty"
+    )
+    output_dir: str
+    encoder: str | None = Field(default=None, description="independent identity encoder (torch:, onnx:, ...)")
+    max_public_images: int = Field(default=2000, ge=2)
+    max_victim_images: int = Field(default=500, ge=2)
+    decoder_steps: int = Field(default=500, ge=1)
+    decoder_widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=1)
+    decoder_lr: float = Field(default=1e-3, gt=0)
+    identity_weight: float = Field(
+        default=0.0, ge=0, description="identity loss weight (needs a torch: encoder)"
+    )
+    batch_size: int = Field(default=16, ge=2)
+    ridge: bool = True
+    ridge_mode: str = Field(default="local", pattern="^(local|global)$")
+    ridge_alpha: float = Field(default=1.0, gt=0)
+    ridge_kernel: int = Field(default=3, ge=1)
+    ridge_positions: int = Field(default=512, ge=1)
+    ridge_pool: int = Field(default=4, ge=1)
+    far: float = Field(default=1e-3, gt=0, lt=1)
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+
+def load_faces(
+    sources: Sequence[str], max_images: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, list[str]]:
+    """All (or a seeded random ``max_images``) faces of shard datasets: images in [-1, 1] and identities."""
+    from facesynth.pipelines.shard_reader import ShardDataset
+
+    dataset = ShardDataset(list(sources), shuffle=False, columns=["identity"], even_split=False)
+    images, identities = [], []
+    for row in dataset:
+        images.append(row["image"])
+        identities.append(str(row["identity"]))
+    if not images:
+        raise FacesynthError(f"{list(sources)}: no images")
+    stacked = torch.stack(images)
+    if max_images is not None and len(identities) > max_images:
+        keep = torch.randperm(len(identities), generator=torch.Generator().manual_seed(seed))[:max_images]
+        keep = torch.sort(keep).values
+        stacked = stacked[keep]
+        identities = [identities[int(i)] for i in keep]
+    return stacked, identities
+
+
+def split_by_identity(
+    images: torch.Tensor, identities: Sequence[str], fraction: float
+) -> tuple[tuple[torch.Tensor, list[str]], tuple[torch.Tensor, list[str]]]:
+    """Split faces into two identity-disjoint parts: the first ``fraction`` of sorted identities, the rest."""
+    names = sorted(set(identities))
+    if len(names) < 2:
+        raise FacesynthError(f"need at least 2 identities to split, found {len(names)}")
+    cut = min(max(1, round(fraction * len(names))), len(names) - 1)
+    first = set(names[:cut])
+    mask = torch.tensor([i in first for i in identities])
+    a = (images[mask], [i for i in identities if i in first])
+    b = (images[~mask], [i for i in identities if i not in first])
+    return a, b
+
+
+def check_disjoint(public: Sequence[str], victims: Sequence[str]) -> None:
+    """Refuse an attack whose public set shares identities with the victims."""
+    shared = sorted(set(public) & set(victims))
+    if shared:
+        raise FacesynthError(
+            f"the attacker's public set and the victims share {len(shared)} identities (e.g. {shared[:3]}); "
+            "the attack must be trained on identity-disjoint faces"
+        )
+
+
+def labels_of(identities: Sequence[str]) -> torch.Tensor:
+    index = {name: i for i, name in enumerate(sorted(set(identities)))}
+    return torch.tensor([index[i] for i in identities], dtype=torch.long)
+
+
+def target_protect_fn(target: Any, device: str = "cpu") -> tuple[Callable, dict[str, Any]]:
+    """(protect_fn, description) for a privacy method or :data:`RGB_TARGET`."""
+    if isinstance(target, str) and target == RGB_TARGET:
+        return (lambda images, seed: images), {"method": RGB_TARGET, "payload_bytes_per_query": 3 * 112 * 112}
+    method = target
+    method.eval()
+
+    def protect(images: torch.Tensor, seed: int):
+        return method.protect(images.to(device), seed=seed).to("cpu")
+
+    return protect, {"method": method.name, "key_id": method.key_id()}
+
+
+def attack_config(config: AttackStageConfig):
+    from facesynth.privacy.attacks import AttackConfig, DecoderConfig
+
+    return AttackConfig(
+        decoder=DecoderConfig(
+            block_out_channels=tuple(config.decoder_widths),
+            lr=config.decoder_lr,
+            steps=config.decoder_steps,
+            batch_size=config.batch_size,
+            identity_weight=config.identity_weight,
+            seed=config.seed,
+        ),
+        ridge=config.ridge,
+        ridge_mode=config.ridge_mode,
+        ridge_alpha=config.ridge_alpha,
+        ridge_kernel=config.ridge_kernel,
+        ridge_positions=config.ridge_positions,
+        ridge_pool=config.ridge_pool,
+        far=config.far,
+        batch_size=config.batch_size,
+    )
+
+
+def save_samples(
+    originals: torch.Tensor, recoveries: dict[str, torch.Tensor], path: Path, count: int = 8
+) -> Path:
+    """A PNG grid: the first row holds originals, each further row one attacker's recoveries."""
+    from PIL import Image
+
+    rows = [originals[:count]] + [rec[:count] for rec in recoveries.values()]
+    grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # (3, rows*H, count*W)
+    array = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array)).save(path)
+    return path
+
+
+METRIC_COLUMNS = (
+    ("psnr", "PSNR (dB)"),
+    ("ssim", "SSIM"),
+    ("identity_leakage", "identity leakage"),
+    ("attack_success", "success @FAR"),
+    ("rank1_identification", "rank-1"),
+)
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    """Per-attacker table of one attack run."""
+    lines = [
+        f"# Recovery attack on `{results['target']['method']}`",
+        "",
+        f"public faces: {results['num_public']} ({results['num_public_identities']} identities); "
+        f"victims: {results['num_victims']} ({results['num_victim_identities']} identities, disjoint); "
+        f"encoder: {results.get('encoder') or 'none'}; FAR {results['far']:g}",
+        "",
+        "| attacker | " + " | ".join(label for _, label in METRIC_COLUMNS) + " |",
+        "|---" * (len(METRIC_COLUMNS) + 1) + "|",
+    ]
+    for name, metrics in results["attackers"].items():
+        cells = [f"{metrics[key]:.3f}" if key in metrics else "n/a" for key, _ in METRIC_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ref = next(iter(results["attackers"].values()))
+    if "reference_tar" in ref:
+        lines += ["", f"Originals verified at this FAR (ceiling for success): {ref['reference_tar']:.3f}."]
+    return "\n".join(lines) + "\n"
+
+
+def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
+    """Run the attack described by ``config`` and write its report; returns the JSON-able results."""
+    from facesynth.pipelines.atomic_io import write_json_atomic
+    from facesynth.privacy.api import load_privacy_method
+    from facesynth.privacy.attacks import run_attack
+
+    start = time.perf_counter()
+    out = Path(config.output_dir)
+    torch.manual_seed(config.seed)
+    if config.victims:
+        public, public_ids = load_faces(config.public, config.max_public_images, config.seed)
+        victims, victim_ids = load_faces(config.victims, config.max_victim_images, config.seed + 1)
+    else:
+        images, identities = load_faces(config.public, None, config.seed)
+        (public, public_ids), (victims, victim_ids) = split_by_identity(
+            images, identities, config.public_fraction
+        )
+        public, public_ids = _subsample(public, public_ids, config.max_public_images, config.seed)
+        victims, victim_ids = _subsample(victims, victim_ids, config.max_victim_images, config.seed + 1)
+    check_disjoint(public_ids, victim_ids)
+    if config.target == RGB_TARGET:
+        target: Any = RGB_TARGET
+    else:
+        target = load_privacy_method(config.target, config.device)
+    protect_fn, description = target_protect_fn(target, config.device)
+
+    embed = identity_module = None
+    if config.encoder:
+        from facesynth.recognizers.encoders import load_encoder
+
+        encoder = load_encoder(config.encoder, device=config.device)
+        embed = encoder.embed
+        if config.identity_weight > 0:
+            if not getattr(encoder, "differentiable", False):
+                raise FacesynthError(
+                    f"identity_weight > 0 needs a differentiable (torch:) encoder, got {config.encoder}"
+                )
+            identity_module = encoder.model
+    elif config.identity_weight > 0:
+        raise FacesynthError("identity_weight > 0 needs an encoder")
+
+    metrics, recoveries, _ = run_attack(
+        protect_fn,
+        public,
+        victims,
+        labels_of(victim_ids),
+        attack_config(config),
+        embed=embed,
+        identity_encoder=identity_module,
+        progress=config.progress,
+    )
+    view = metrics.pop("view")
+    results = {
+        "target": description,
+        "target_path": config.target,
+        "encoder": config.encoder,
+        "far": config.far,
+        "num_public": int(public.shape[0]),
+        "num_public_identities": len(set(public_ids)),
+        "num_victims": int(victims.shape[0]),
+        "num_victim_identities": len(set(victim_ids)),
+        "attack_view_channels": view["channels"],
+        "attackers": metrics,
+        "config": config.to_json_dict(),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "attack.json", results)
+    (out / "attack.md").write_text(markdown_report(results), encoding="utf-8")
+    save_samples(victims, recoveries, out / "samples.png")
+    return results
+
+
+def _subsample(images: torch.Tensor, ids: list[str], limit: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    if len(ids) <= limit:
+        return images, ids
+    keep = torch.sort(torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))[:limit]).values
+    return images[keep], [ids[int(i)] for i in keep]
