@@ -91,6 +91,9 @@ class ID3Options(StageConfig):
     anchors: str = Field(default="tammes", description="'tammes', 'random' or a .npy file of unit anchors")
     tammes_steps: int = Field(default=300, ge=0)
     anchor_device: str = Field(default="cpu", description="device of the Tammes solve (cpu: reproducible)")
+    anchor_cache: str | None = Field(
+        default=None, description="folder where computed anchors are stored and reused (resume, many ranks)"
+    )
     subspace_rank: int | None = Field(
         default=None, ge=2, description="restrict anchors to the PCA shell of the reference embeddings"
     )
@@ -221,6 +224,7 @@ class ID3Generator(FaceGenerator):
             reference=opts.reference or None,
             tammes_steps=opts.tammes_steps,
             device=opts.anchor_device,
+            cache_dir=opts.anchor_cache,
         )
         self.plan = IdentityPlan(anchors, opts.cos_lb, opts.cos_ub, attributes)
         self._anchor_digest = hashlib.sha256(np.ascontiguousarray(anchors).tobytes()).hexdigest()[:16]
@@ -252,7 +256,7 @@ class ID3Generator(FaceGenerator):
             **{
                 k: v
                 for k, v in self.options.to_json_dict().items()
-                if k not in ("batch_size", "anchor_device")
+                if k not in ("batch_size", "anchor_device", "anchor_cache")
             },
         }
 

@@ -252,17 +252,61 @@ def make_anchors(
     tammes_steps: int = 300,
     device: str = "cpu",
     progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """Identity anchors (N, D) float32 unit rows: ``"tammes"``, ``"random"`` or a ``.npy`` path.
 
     With ``subspace_rank`` the anchors are restricted to the shell of the reference embeddings'
     PCA subspace (needs ``reference`` shards with an embedding column); see
-    :class:`facesynth.generators.tammes.SphereSubspace`.
+    :class:`facesynth.generators.tammes.SphereSubspace`. With ``cache_dir`` a computed placement is
+    stored there as ``anchors-<N>x<D>-<settings hash>.npy`` (atomically) and reused by later calls with
+    the same settings: every process of a run, and every resume, then uses the very same anchors.
     """
-    from facesynth.generators.tammes import SphereSubspace, random_sphere_points, solve_tammes
-
     if method not in ("tammes", "random"):
         return load_anchor_file(method, num_identities, dim)
+    cache = None
+    if cache_dir is not None:
+        from facesynth.pipelines.atomic_io import config_hash
+
+        settings = {
+            "n": num_identities,
+            "dim": dim,
+            "seed": seed,
+            "method": method,
+            "subspace_rank": subspace_rank,
+            "reference": [str(Path(r).resolve()) for r in reference or []],
+            "tammes_steps": tammes_steps,
+            "device": str(device),
+        }
+        cache = Path(cache_dir) / f"anchors-{num_identities}x{dim}-{config_hash(settings)}.npy"
+        if cache.is_file():
+            logger.info("anchors: reusing %s", cache)
+            return load_anchor_file(cache, num_identities, dim)
+    anchors = _compute_anchors(
+        num_identities, dim, seed, method, subspace_rank, reference, tammes_steps, device, progress
+    )
+    if cache is not None:
+        from facesynth.pipelines.atomic_io import atomic_write
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(cache) as handle:
+            np.save(handle, anchors, allow_pickle=False)
+    return anchors
+
+
+def _compute_anchors(
+    num_identities: int,
+    dim: int,
+    seed: int,
+    method: str,
+    subspace_rank: int | None,
+    reference: Sequence[str | os.PathLike] | None,
+    tammes_steps: int,
+    device: str,
+    progress: bool,
+) -> np.ndarray:
+    from facesynth.generators.tammes import SphereSubspace, random_sphere_points, solve_tammes
+
     subspace = None
     if subspace_rank:
         if not reference:

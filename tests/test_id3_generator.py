@@ -114,7 +114,9 @@ def test_generate_command_writes_id3_columns(assets, tmp_path):
     out = tmp_path / "ds"
     argv = ["generate", "--generator", "id3", "--identities", "3", "--per-identity", "2", "--seed", "5"]
     argv += ["--out", str(out), "--shard-size", "4", "--no-progress", "--batch-size", "4"]
-    for key, value in _options(assets, anchors="random", cos_lb=0.5, cos_ub=0.7).items():
+    for key, value in _options(
+        assets, anchors="random", cos_lb=0.5, cos_ub=0.7, anchor_cache=str(tmp_path / "anchors")
+    ).items():
         argv += ["-o", f"{key}={value}"]
     assert main(argv) == 0
     files = sorted((out / "data").glob("*.parquet"))
@@ -122,6 +124,8 @@ def test_generate_command_writes_id3_columns(assets, tmp_path):
     rows = [row for f in files for row in pq.read_table(f).to_pylist()]
     assert [r["label"] for r in rows] == [0, 0, 1, 1, 2, 2]
     anchors = make_anchors(3, DIM, seed=5, method="random").astype(np.float64)  # what the generator used
+    (cached,) = (tmp_path / "anchors").glob("anchors-3x16-*.npy")
+    assert np.array_equal(np.load(cached), anchors.astype(np.float32))
     for row in rows:
         embedding = np.asarray(row["embedding"], dtype=np.float64)
         assert embedding.shape == (DIM,)

@@ -189,3 +189,18 @@ def test_anchor_sources(tmp_path):
         10, 16, seed=0, subspace_rank=4, reference=[tmp_path / "ref"], tammes_steps=20, progress=False
     )
     assert restricted.shape == (10, 16)
+
+
+def test_anchor_cache_is_reused(tmp_path, monkeypatch):
+    import facesynth.generators.tammes as tammes
+
+    first = make_anchors(20, 8, seed=3, tammes_steps=10, progress=False, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("anchors-20x8-*.npy"))) == 1
+
+    def no_solve(*args, **kwargs):
+        raise AssertionError("the cached anchors should have been used")
+
+    monkeypatch.setattr(tammes, "solve_tammes", no_solve)
+    assert np.array_equal(make_anchors(20, 8, seed=3, tammes_steps=10, cache_dir=tmp_path), first)
+    with pytest.raises(AssertionError, match="cached"):  # other settings: another file
+        make_anchors(20, 8, seed=4, tammes_steps=10, cache_dir=tmp_path)
