@@ -598,7 +598,9 @@ def _paint_back_hair(canvas: _Canvas, pose: _Pose, ident: IdentityParams, hair: 
     if reg is None:
         return
     sl, lx, ly = reg
-    width = np.maximum(hw - np.maximum(ly - bottom + 12.0, 0.0) * 0.8, 0.0)
+    t = np.clip((ly - _F(bottom - 14.0)) / _F(14.0), 0.0, 1.0)  # rounded ends ...
+    wave = _F(1.5) * np.sin(_F(0.25) * ly + _F(ident.fringe_phase))  # ... and wavy sides
+    width = _F(hw) * np.sqrt(_F(1.0) - t * t) + wave
     alpha = _cover(np.maximum(np.abs(lx) - width, np.maximum(-10.0 - ly, ly - bottom)), frame.px)
     canvas.paint(sl, alpha, _hair_texture(lx, ly, ident, hair))
 
@@ -629,7 +631,9 @@ def _paint_skull_hair(canvas: _Canvas, pose: _Pose, ident: IdentityParams, hair:
     if reg is None:
         return
     sl, lx, ly = reg
-    alpha = _cover(np.maximum(_ellipse_sd(lx, ly, rx, ry), ly - (bottom - 6.0)), frame.px)
+    q = lx / _F(rx)
+    lower_edge = _F(bottom - 6.0) + _F(5.0) * q * q  # lower towards the back of the head
+    alpha = _cover(np.maximum(_ellipse_sd(lx, ly, rx, ry), ly - lower_edge), frame.px)
     canvas.paint(sl, alpha, _hair_texture(lx, ly, ident, hair))
 
 
