@@ -125,16 +125,24 @@ class TorchEncoder(IdentityEncoder):
         input_size: tuple[int, int] | None = None,
         description: str = "",
         device: str | torch.device | None = None,
+        set_eval: bool = True,
     ):
-        self.model = model.eval()
+        """``set_eval=False`` leaves the module's train/eval mode alone (a trainer wrapping its live
+        model; :func:`~facesynth.recognizers.verification.evaluate_benchmark` switches to eval and back)."""
+        self.model = model.eval() if set_eval else model
         if device is not None:
             self.model.to(device)
         config = getattr(model, "config", None)
         size = input_size or getattr(config, "input_size", None) or (112, 112)
         self.input_size = (int(size[0]), int(size[1]))
         self.description = description or f"torch:{type(model).__name__}"
-        with torch.no_grad():
-            probe = self.model(torch.zeros(2, 3, *self.input_size, device=self.device))
+        was_training = self.model.training
+        self.model.eval()  # the probe must not touch BatchNorm running statistics
+        try:
+            with torch.no_grad():
+                probe = self.model(torch.zeros(2, 3, *self.input_size, device=self.device))
+        finally:
+            self.model.train(was_training)
         if probe.ndim != 2:
             raise FacesynthError(
                 f"{self.description}: model output has shape {tuple(probe.shape)}, expected (B, D)"
@@ -337,7 +345,10 @@ def load_encoder(spec: str, device: str | torch.device | None = None) -> Identit
             ("dlib", "") if spec == "dlib" else (("onnx" if str(spec).endswith(".onnx") else "torch"), spec)
         )
     if kind == "torch":
-        torch_device = "cpu" if device in (None, "auto") else device
+        torch_device = device
+        if device in (None, "auto"):
+            rank = int(os.environ.get("LOCAL_RANK", "0"))
+            torch_device = f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
         return TorchEncoder.from_path(target, device=torch_device)
     if kind == "onnx":
         return OnnxEncoder(target, device=device)

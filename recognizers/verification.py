@@ -157,9 +157,17 @@ def evaluate_benchmark(
 ) -> dict[str, Any]:
     """Run one benchmark end to end; returns a JSON-able dict (the ROC arrays under ``fpr``/``tpr``)."""
     start = time.perf_counter()
-    embeddings = embed_images(
-        encoder, benchmark, batch_size=batch_size, flip=flip, show_progress=show_progress
-    )
+    module = getattr(encoder, "model", None)
+    was_training = isinstance(module, torch.nn.Module) and module.training
+    if was_training:  # a trainer's live model: evaluate in eval mode, then hand it back as it was
+        module.eval()
+    try:
+        embeddings = embed_images(
+            encoder, benchmark, batch_size=batch_size, flip=flip, show_progress=show_progress
+        )
+    finally:
+        if was_training:
+            module.train()
     result = evaluate_embeddings(embeddings, benchmark.issame, n_folds=n_folds, fars=fars)
     result.update(
         name=benchmark.name,

@@ -135,6 +135,7 @@ def test_bad_inputs_give_clear_errors(exported, tmp_path):
         load_encoder("onnx:/does/not/exist.onnx")
 
 
+@pytest.mark.slow
 def test_dlib_encoder_separates_identities(celeba_root):
     pytest.importorskip("dlib")
     from PIL import Image

@@ -164,3 +164,17 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "benchmark file not found" in err and "96x96, expected an aligned 112x112" in err
+
+
+def test_evaluate_benchmark_keeps_a_training_model_training(tmp_path):
+    # the trainer's periodic verification wraps its live model: BN statistics and mode must survive
+    from facesynth.recognizers.backbones import build_backbone
+
+    model = build_backbone("tiny").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    encoder = TorchEncoder(model, set_eval=False)
+    assert model.training
+    evaluate_benchmark(encoder, load_bin(_pair_bin(tmp_path / "t.bin", 10, seed=3)), batch_size=20)
+    assert model.training
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key])
