@@ -86,6 +86,74 @@ def test_none_aligner_sizes():
         build_aligner("insightface:/no/det_10g.onnx")
 
 
+def _scrfd_layout_onnx(path, kps: np.ndarray, box, score: float = 0.9, size: int = 640) -> None:
+    """A stand-in for an insightface SCRFD detector file: the same 9-output layout (strides 8/16/32,
+    2 anchors each, scores / box distances / keypoint offsets in stride units) with one fixed face on
+    the stride-32 anchor at the image centre. The real models are not shipped and are not downloaded."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    cx = cy = size // 2
+    nodes = [
+        helper.make_node("ReduceMean", ["input.1"], ["mean"], keepdims=0),
+        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+    ]
+    inits = [numpy_helper.from_array(np.zeros((), np.float32), "zero")]
+    arrays = {}
+    for stride in (8, 16, 32):
+        n = (size // stride) ** 2 * 2
+        scores, boxes, points = (
+            np.zeros((n, 1), np.float32),
+            np.zeros((n, 4), np.float32),
+            np.zeros((n, 10), np.float32),
+        )
+        if stride == 32:
+            i = ((cy // stride) * (size // stride) + cx // stride) * 2
+            scores[i, 0] = score
+            boxes[i] = [
+                (cx - box[0]) / stride,
+                (cy - box[1]) / stride,
+                (box[2] - cx) / stride,
+                (box[3] - cy) / stride,
+            ]
+            points[i] = ((kps - [cx, cy]) / stride).reshape(-1)
+        arrays[stride] = (scores, boxes, points)
+    outputs = []
+    for kind in range(3):
+        for stride in (8, 16, 32):
+            name = f"out{kind}_{stride}"
+            inits.append(numpy_helper.from_array(arrays[stride][kind], name + "_c"))
+            nodes.append(helper.make_node("Add", [name + "_c", "nothing"], [name]))
+            outputs.append(
+                helper.make_tensor_value_info(name, TensorProto.FLOAT, list(arrays[stride][kind].shape))
+            )
+    image = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, size, size])
+    model = helper.make_model(
+        helper.make_graph(nodes, "scrfd_layout", [image], outputs, inits),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_insightface_aligner_plumbing(tmp_path):
+    from facesynth.recognizers.alignment import InsightFaceAligner
+
+    kps = np.array([[290, 300], [350, 300], [320, 340], [295, 370], [345, 370]], dtype=np.float64)
+    _scrfd_layout_onnx(tmp_path / "det.onnx", kps, (260, 240, 380, 400))
+    aligner = build_aligner(f"insightface:{tmp_path / 'det.onnx'}", device="cpu")
+    assert isinstance(aligner, InsightFaceAligner)
+    photo = np.random.default_rng(0).integers(0, 256, (640, 640, 3), dtype=np.uint8)
+    faces = aligner.align(photo)
+    assert len(faces) == 1 and faces[0].score == pytest.approx(0.9)
+    np.testing.assert_allclose(faces[0].landmarks, kps, atol=1e-3)
+    np.testing.assert_allclose(faces[0].bbox, [260, 240, 380, 400], atol=1e-3)
+    np.testing.assert_array_equal(faces[0].image, warp_face(photo, kps))  # RGB in, RGB crop out
+    # a smaller photo is letterboxed into the detector input and the landmarks scaled back (640/480)
+    small = aligner.align(np.zeros((480, 320, 3), np.uint8))
+    np.testing.assert_allclose(small[0].landmarks, kps * 0.75, atol=1e-3)
+
+
 @pytest.mark.slow
 def test_dlib_aligner_on_celeba_subset(celeba_root):
     pytest.importorskip("dlib")
