@@ -22,6 +22,7 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -81,6 +82,9 @@ class VerificationSet:
     origin: str = ""
     image_size: int = 112
     notes: list[str] = field(default_factory=list)
+    #: optional :class:`~facesynth.recognizers.alignment.Aligner` for unaligned photos (e.g. raw LFW
+    #: 250x250 images); a photo without a face is then an error, never a silently dropped pair
+    aligner: Any = None
 
     def __post_init__(self) -> None:
         self.issame = np.asarray(self.issame, dtype=bool)
@@ -114,10 +118,15 @@ class VerificationSet:
             raise FacesynthError(f"{where}: image file not found") from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise FacesynthError(f"{where}: cannot decode image ({exc})") from None
+        if self.aligner is not None:
+            face = self.aligner.align_largest(rgb)
+            if face is None:
+                raise FacesynthError(f"{where}: no face found by the {self.aligner.name} aligner")
+            rgb = face.image
         if rgb.shape[:2] != (self.image_size, self.image_size):
             raise FacesynthError(
                 f"{where}: image is {rgb.shape[1]}x{rgb.shape[0]}, expected an aligned "
-                f"{self.image_size}x{self.image_size} face (align it first, e.g. with facesynth ingest)"
+                f"{self.image_size}x{self.image_size} face (pass an aligner, e.g. facesynth bench --aligner dlib)"
             )
         return rgb
 

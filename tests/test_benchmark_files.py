@@ -107,6 +107,10 @@ def test_wrong_size_and_corrupt_images_are_named(tmp_path):
     bench = load_bin(write_bin(tmp_path / "small.bin", images, [True], image_format="PNG"))
     with pytest.raises(FacesynthError, match=r"100x100, expected an aligned 112x112"):
         bench.load_image(1)
+    from facesynth.recognizers.alignment import NoneAligner
+
+    bench.aligner = NoneAligner(mode="resize")  # an aligner turns other sizes into aligned crops
+    assert bench.load_image(1).shape == (112, 112, 3)
     corrupt = tmp_path / "corrupt.bin"
     corrupt.write_bytes(pickle.dumps(([b"garbage", b"garbage"], [False])))
     with pytest.raises(FacesynthError, match="image #0: cannot decode"):

@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-flip", action="store_true", help="do not add the mirrored image's embedding")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:K (default: auto)")
+    parser.add_argument(
+        "--aligner",
+        default=None,
+        help="align unaligned pair images first: dlib or insightface:PATH (default: images must be aligned 112x112)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise FacesynthError("no benchmarks given (pass .bin files / pairs folders or --bin-dir)")
     benchmarks = [load_verification_set(p) for p in paths]
+    if args.aligner:
+        from facesynth.recognizers.alignment import build_aligner
+
+        aligner = build_aligner(args.aligner, device=args.device)
+        for benchmark in benchmarks:
+            benchmark.aligner = aligner
     encoder = load_encoder(args.model, device=args.device)
     results = []
     for benchmark in benchmarks:
