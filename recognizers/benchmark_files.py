@@ -144,15 +144,9 @@ def _unpickle_bin(data: bytes, path: Path) -> object:
             return restricted_loads(data, encoding=encoding)
         except UnsafePickleError as exc:
             raise UnsafePickleError(f"{path}: {exc}") from None
-        except UnicodeDecodeError as exc:
-            last = exc
-            continue
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-            last = exc
-            if encoding == "ASCII":
-                continue
-            break
-    raise FacesynthError(f"{path}: not a readable .bin benchmark pickle ({last})")
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
+            last = exc  # UnicodeDecodeError is a ValueError: try the next encoding
+    raise FacesynthError(f"{path}: not a readable .bin benchmark pickle ({type(last).__name__}: {last})")
 
 
 def load_bin(path: str | os.PathLike, name: str | None = None) -> VerificationSet:
@@ -187,14 +181,32 @@ def load_bin(path: str | os.PathLike, name: str | None = None) -> VerificationSe
     return VerificationSet(name or path.stem, sources, np.array(flags, dtype=bool), origin=str(path))
 
 
-def _py2_pickle(bins: Sequence[bytes], issame: Sequence[bool]) -> bytes:
-    """Protocol-2 opcodes as Python 2 writes them: images as ``str`` (BINSTRING), not ``bytes``."""
-    out = bytearray(b"\x80\x02]q\x00(")
+def _py2_str(data: bytes) -> bytes:
+    if len(data) < 256:
+        return b"U" + bytes([len(data)]) + data
+    return b"T" + len(data).to_bytes(4, "little") + data
+
+
+def _py2_uint8_array(data: bytes) -> bytes:
+    """A 1-D uint8 numpy array the way Python 2 + numpy 1.x pickle it (protocol 2)."""
+    return (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+        + b"(K\x01J"
+        + len(data).to_bytes(4, "little")
+        + b"\x85cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R"
+        + b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+        + b"\x89"
+        + _py2_str(data)
+        + b"tb"
+    )
+
+
+def _py2_pickle(bins: Sequence[bytes], issame: Sequence[bool], as_numpy: bool = False) -> bytes:
+    """Protocol-2 opcodes as Python 2 writes them: images as ``str`` (BINSTRING), not ``bytes``,
+    or as numpy arrays whose buffer is such a ``str``."""
+    out = bytearray(b"\x80\x02](")
     for data in bins:
-        if len(data) < 256:
-            out += b"U" + bytes([len(data)]) + data
-        else:
-            out += b"T" + len(data).to_bytes(4, "little") + data
+        out += _py2_uint8_array(data) if as_numpy else _py2_str(data)
     out += b"e](" + b"".join(b"\x88" if flag else b"\x89" for flag in issame) + b"e\x86."
     return bytes(out)
 
@@ -209,7 +221,8 @@ def write_bin(
     """Write a ``.bin`` benchmark (for tests and for packing one's own pairs).
 
     ``variant``: ``"bytes"`` (Python 3, images as ``bytes``), ``"numpy"`` (images as 1-D uint8
-    arrays, the cv2.imencode output) or ``"py2"`` (Python 2 ``str`` opcodes, like the public files).
+    arrays, the cv2.imencode output), ``"py2"`` (Python 2 ``str`` opcodes, like the public files) or
+    ``"py2-numpy"`` (Python 2 + numpy 1.x pickling cv2.imencode arrays).
     """
     if len(images) != 2 * len(issame):
         raise ValueError(f"{len(images)} images for {len(issame)} pairs")
@@ -224,10 +237,10 @@ def write_bin(
     elif variant == "numpy":
         arrays = [np.frombuffer(e, dtype=np.uint8).copy() for e in encoded]
         data = pickle.dumps((arrays, flags), protocol=pickle.HIGHEST_PROTOCOL)
-    elif variant == "py2":
-        data = _py2_pickle(encoded, flags)
+    elif variant in ("py2", "py2-numpy"):
+        data = _py2_pickle(encoded, flags, as_numpy=variant == "py2-numpy")
     else:
-        raise ValueError(f"variant must be 'bytes', 'numpy' or 'py2', got {variant!r}")
+        raise ValueError(f"variant must be 'bytes', 'numpy', 'py2' or 'py2-numpy', got {variant!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)

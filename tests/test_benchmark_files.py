@@ -25,7 +25,7 @@ def _faces(n: int, size: int = 112, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
 
 
-@pytest.mark.parametrize("variant", ["bytes", "numpy", "py2"])
+@pytest.mark.parametrize("variant", ["bytes", "numpy", "py2", "py2-numpy"])
 def test_bin_round_trip_every_variant(tmp_path, variant):
     images = _faces(6)
     issame = [True, False, True]
