@@ -131,6 +131,14 @@ def test_frontal_landmarks_sit_on_the_arcface_template():
     np.testing.assert_allclose(gen.render(_requests([3], 1)[0]).landmarks, landmarks[3])
 
 
+def test_layout_scales_with_image_size(renderer):
+    requests = _requests(range(4), 2)
+    big = ParametricRenderer(num_identities=1000, seed=SEED, image_size=224)
+    np.testing.assert_allclose(
+        big.landmarks(requests), (renderer.landmarks(requests) + 0.5) * 2 - 0.5, atol=1e-9
+    )
+
+
 def test_landmarks_follow_the_pose_attributes(renderer):
     requests = _requests(range(60), 1)
     landmarks = renderer.landmarks(requests)
