@@ -648,33 +648,69 @@ def _paint_skull_hair(canvas: _Canvas, pose: _Pose, ident: IdentityParams, hair:
     canvas.paint(sl, alpha, _hair_texture(lx, ly, ident, hair))
 
 
-def _face_frame(pose: _Pose, ident: IdentityParams) -> tuple[_Frame, float, float]:
-    """The face outline's frame: it slides with yaw/pitch but keeps most of its width (a silhouette)."""
+@dataclass
+class _FaceOutline:
+    """The face outline: an ellipse whose lower half tapers to the jaw, in its own frame.
+
+    Under yaw/pitch the whole outline slides a little (it is mostly a silhouette) and its lower half
+    slides further (the jaw and chin stand out like the features do), so that the mouth and nose
+    stay inside it even in strong profile views.
+    """
+
+    frame: _Frame
+    vc: float  # v of the outline's centre
+    hh: float  # half-height
+    hw: float  # half-width at cheek level
+    jaw_taper: float
+    shear_x: float  # extra horizontal shift of the chin, local units
+    shear_y: float  # extra vertical shift of the chin, local units
+
+    def unshear(self, lx: np.ndarray, ly: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Local coordinates with the chin's extra pose shift undone (for shapes drawn on the jaw)."""
+        t = np.clip(ly / _F(self.hh), 0.0, 1.0)
+        t2 = t * t
+        return lx - _F(self.shear_x) * t2, ly - _F(self.shear_y) * t2
+
+    def sd(self, lx: np.ndarray, ly: np.ndarray) -> np.ndarray:
+        lx, ly = self.unshear(lx, ly)
+        t = np.clip(ly / _F(self.hh), 0.0, 1.0)
+        half_w = _F(self.hw) * (1.0 - _F(self.jaw_taper) * t * t)
+        return _ellipse_sd(lx / half_w * _F(self.hw), ly, self.hw, self.hh)
+
+    def region(self, top: float, bottom: float, size: int):
+        """Pixels of the outline's box between local ``top`` and ``bottom`` (see :meth:`_Frame.region`)."""
+        x0 = -self.hw - 1 + min(0.0, self.shear_x)
+        x1 = self.hw + 1 + max(0.0, self.shear_x)
+        return self.frame.region(x0, x1, top + min(0.0, self.shear_y), bottom + max(0.0, self.shear_y), size)
+
+
+def _face_outline(pose: _Pose, ident: IdentityParams) -> _FaceOutline:
     vc = (ident.face_top + ident.chin_v) / 2
     hh = (ident.chin_v - ident.face_top) / 2
     fx = 0.8 + 0.2 * math.cos(pose.yaw)
     fy = 0.85 + 0.15 * math.cos(pose.pitch)
-    return pose.frame(0.0, vc, 12.0, fx=fx, fy=fy), vc, hh
-
-
-def _face_outline_sd(lx: np.ndarray, ly: np.ndarray, ident: IdentityParams, hh: float) -> np.ndarray:
-    """Signed distance-ish to the face outline: an ellipse whose lower half tapers to the jaw."""
-    t = np.clip(ly / _F(hh), 0.0, 1.0)
-    half_w = _F(ident.face_hw) * (1.0 - _F(ident.jaw_taper) * t * t)
-    return _ellipse_sd(lx / half_w * _F(ident.face_hw), ly, ident.face_hw, hh)
+    frame = pose.frame(0.0, vc, 12.0, fx=fx, fy=fy)
+    return _FaceOutline(
+        frame=frame,
+        vc=vc,
+        hh=hh,
+        hw=ident.face_hw,
+        jaw_taper=ident.jaw_taper,
+        shear_x=24.0 * math.sin(pose.yaw) / fx,
+        shear_y=-15.0 * math.sin(pose.pitch) / fy,
+    )
 
 
 def _paint_face(canvas: _Canvas, pose: _Pose, ident: IdentityParams, nz: NuisanceParams) -> None:
-    frame, vc, hh = _face_frame(pose, ident)
-    hw = ident.face_hw
-    reg = frame.region(-hw - 1, hw + 1, -hh - 1, hh + 1, canvas.size)
+    outline = _face_outline(pose, ident)
+    reg = outline.region(-outline.hh - 1, outline.hh + 1, canvas.size)
     if reg is None:
         return
     sl, lx, ly = reg
-    alpha = _cover(_face_outline_sd(lx, ly, ident, hh), frame.px)
+    alpha = _cover(outline.sd(lx, ly), outline.frame.px)
     skin = np.array(ident.skin, dtype=_F)
-    # Cheek blush and a slightly darker, less saturated skin with age.
-    v = ly + _F(vc)
+    # Cheek blush (a fixed place in the outline's frame).
+    v = ly + _F(outline.vc)
     blush = _F(ident.blush) * (
         _gauss(lx - _F(ident.eye_dx), v - _F(ident.nose_v), 7.0, 5.0)
         + _gauss(lx + _F(ident.eye_dx), v - _F(ident.nose_v), 7.0, 5.0)
@@ -685,13 +721,13 @@ def _paint_face(canvas: _Canvas, pose: _Pose, ident: IdentityParams, nz: Nuisanc
 
 def _paint_forehead_hair(canvas: _Canvas, pose: _Pose, ident: IdentityParams, hair: np.ndarray) -> None:
     """Hair over the face outline above the hairline (curving down at the temples) or a fringe."""
-    frame, vc, hh = _face_frame(pose, ident)
-    hw = ident.face_hw
-    reg = frame.region(-hw - 1, hw + 1, -hh - 1, ident.eye_v - vc, canvas.size)
+    outline = _face_outline(pose, ident)
+    frame, vc, hw = outline.frame, outline.vc, outline.hw
+    reg = outline.region(-outline.hh - 1, ident.eye_v - vc, canvas.size)
     if reg is None:
         return
     sl, lx, ly = reg
-    inside = _cover(_face_outline_sd(lx, ly, ident, hh), frame.px)
+    inside = _cover(outline.sd(lx, ly), frame.px)
     q = lx / _F(hw)
     if ident.fringe_v is not None:
         line = _F(ident.fringe_v - vc) + _F(ident.fringe_amp) * np.sin(
@@ -901,14 +937,15 @@ def _paint_beard(
         return
     if ident.beard == "moustache":
         return
-    frame, vc, hh = _face_frame(pose, ident)
-    hw = ident.face_hw
+    outline = _face_outline(pose, ident)
+    frame, vc, hw = outline.frame, outline.vc, outline.hw
     top = ident.nose_v + 5.0 - vc
-    reg = frame.region(-hw - 1, hw + 1, top - 10.0, hh + 1, canvas.size)
+    reg = outline.region(top - 10.0, outline.hh + 1, canvas.size)
     if reg is None:
         return
     sl, lx, ly = reg
-    inside = _cover(_face_outline_sd(lx, ly, ident, hh), frame.px)
+    inside = _cover(outline.sd(lx, ly), frame.px)
+    lx, ly = outline.unshear(lx, ly)
     q = np.abs(lx) / _F(hw)
     if ident.beard == "goatee":
         region = _cover(
