@@ -190,9 +190,11 @@ class ID3Generator(FaceGenerator):
         self.uses_attributes = int(encoder_config.num_attributes) > 0
 
         spec = opts.identity_encoder
+        what = "identity encoder"
         if spec == "auto":
-            spec = self.pipe.config.get("identity_encoder_spec") if hasattr(self.pipe, "config") else None
-        self.identity_encoder = _load_encoder(spec, self.device, "identity encoder") if spec else None
+            spec = self.pipe.config.get("identity_encoder_spec")
+            what = "identity encoder recorded in the pipeline (override with -o identity_encoder=SPEC|none)"
+        self.identity_encoder = _load_encoder(spec, self.device, what) if spec else None
         self.identity_encoder_spec = spec
         if opts.id_guidance > 0 and self.identity_encoder is None:
             raise ConfigError(

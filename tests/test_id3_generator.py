@@ -32,14 +32,18 @@ def assets(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("id3")
     torch.manual_seed(0)
+    encoder = build_backbone("tiny", num_features=DIM, input_size=(32, 32)).eval()
+    save_backbone(encoder, root / "encoder")
+    save_backbone(build_backbone("tiny", num_features=8, input_size=(32, 32)), root / "encoder8")
     unet = build_id3_unet("tiny", sample_size=16, cross_attention_dim=32)
     condition = ID3ConditionEncoder(embedding_dim=DIM, hidden_dims=(32, 32), cross_attention_dim=32)
     pipe = ID3Pipeline(
-        unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100), condition_encoder=condition
+        unet=unet,
+        scheduler=DDPMScheduler(num_train_timesteps=100),
+        condition_encoder=condition,
+        identity_encoder_spec=f"torch:{root / 'encoder'}",  # what identity_encoder="auto" loads
     )
     pipe.save_pretrained(root / "pipeline")
-    encoder = build_backbone("tiny", num_features=DIM, input_size=(32, 32)).eval()
-    save_backbone(encoder, root / "encoder")
     rng = np.random.default_rng(0)
     rows = []
     for i in range(6):
@@ -58,6 +62,7 @@ def assets(tmp_path_factory):
     return {
         "pipeline": str(root / "pipeline"),
         "encoder": f"torch:{root / 'encoder'}",
+        "encoder8": f"torch:{root / 'encoder8'}",
         "reference": str(root / "reference"),
     }
 
@@ -65,7 +70,6 @@ def assets(tmp_path_factory):
 def _options(assets, **extra):
     return {
         "pipeline": assets["pipeline"],
-        "identity_encoder": assets["encoder"],
         "num_inference_steps": 2,
         "id_guidance": 0.5,
         "reference": assets["reference"],
@@ -76,6 +80,7 @@ def _options(assets, **extra):
 
 def test_generator_rows_are_consistent_and_batch_independent(assets):
     gen = build_generator("id3", num_identities=3, seed=7, **_options(assets))
+    assert gen.identity_encoder_spec == assets["encoder"]  # "auto": the encoder the pipeline records
     assert gen.embedding_dim == DIM and gen.anchors.shape == (3, DIM)
     requests = [
         SampleRequest(label, index, sample_seed(7, label, index)) for label in range(3) for index in range(2)
@@ -115,7 +120,12 @@ def test_generate_command_writes_id3_columns(assets, tmp_path):
     argv = ["generate", "--generator", "id3", "--identities", "3", "--per-identity", "2", "--seed", "5"]
     argv += ["--out", str(out), "--shard-size", "4", "--no-progress", "--batch-size", "4"]
     for key, value in _options(
-        assets, anchors="random", cos_lb=0.5, cos_ub=0.7, anchor_cache=str(tmp_path / "anchors")
+        assets,
+        anchors="random",
+        cos_lb=0.5,
+        cos_ub=0.7,
+        anchor_cache=str(tmp_path / "anchors"),
+        identity_encoder=assets["encoder"],
     ).items():
         argv += ["-o", f"{key}={value}"]
     assert main(argv) == 0
@@ -163,6 +173,12 @@ def test_ablation_switches(assets):
 def test_bad_options_are_explained(assets, tmp_path):
     with pytest.raises(ConfigError, match="needs an identity encoder"):
         build_generator("id3", num_identities=2, seed=0, **_options(assets, identity_encoder="none"))
+    with pytest.raises(ConfigError, match="gives 8-d embeddings but the ID3 model is conditioned on 16-d"):
+        build_generator("id3", num_identities=2, seed=0, **_options(assets, eval_encoder=assets["encoder8"]))
+    with pytest.raises(ConfigError, match="cannot load the identity encoder"):
+        build_generator(
+            "id3", num_identities=2, seed=0, **_options(assets, identity_encoder=f"torch:{tmp_path}/none")
+        )
     with pytest.raises(ConfigError, match="cos_lb <= cos_ub"):
         build_generator("id3", num_identities=2, seed=0, **_options(assets, cos_lb=0.9, cos_ub=0.7))
     with pytest.raises(ConfigError, match="num_inference_steps"):
