@@ -85,6 +85,10 @@ class VerificationSet:
     #: optional :class:`~facesynth.recognizers.alignment.Aligner` for unaligned photos (e.g. raw LFW
     #: 250x250 images); a photo without a face is then an error, never a silently dropped pair
     aligner: Any = None
+    #: what to do when the aligner finds no face: "error", or "center" (centre-crop the photo, count
+    #: it in ``fallbacks``, and let the report say how many pairs rest on such crops)
+    no_face: str = "error"
+    fallbacks: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.issame = np.asarray(self.issame, dtype=bool)
@@ -120,8 +124,16 @@ class VerificationSet:
             raise FacesynthError(f"{where}: cannot decode image ({exc})") from None
         if self.aligner is not None:
             face = self.aligner.align_largest(rgb)
+            if face is None and self.no_face != "center":
+                raise FacesynthError(
+                    f"{where}: no face found by the {self.aligner.name} aligner "
+                    "(facesynth bench --no-face center centre-crops such photos and counts them)"
+                )
             if face is None:
-                raise FacesynthError(f"{where}: no face found by the {self.aligner.name} aligner")
+                from facesynth.recognizers.alignment import NoneAligner
+
+                self.fallbacks.add(i)
+                face = NoneAligner(self.image_size, mode="crop", max_aspect=float("inf")).align_largest(rgb)
             rgb = face.image
         if rgb.shape[:2] != (self.image_size, self.image_size):
             raise FacesynthError(

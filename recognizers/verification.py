@@ -176,6 +176,17 @@ def evaluate_benchmark(
         flip=flip,
         seconds=round(time.perf_counter() - start, 3),
     )
+    if benchmark.aligner is not None:
+        fallbacks = sorted(benchmark.fallbacks)
+        result["no_face_images"] = len(fallbacks)
+        result["no_face_pairs"] = len({i // 2 for i in fallbacks})
+        if fallbacks:
+            logger.warning(
+                "%s: %d images had no detected face and were centre-cropped (%d pairs affected)",
+                benchmark.name,
+                len(fallbacks),
+                result["no_face_pairs"],
+            )
     logger.info(
         "%s: accuracy %.4f +- %.4f over %d pairs",
         benchmark.name,
@@ -276,6 +287,13 @@ def write_report(
             + " | ".join(fmt_tar(r["tar_at_far"][f]) for f in fars)
             + f" | {r['auc']:.4f} |"
         )
+    for r in rows:
+        if r.get("no_face_images"):
+            lines += [
+                "",
+                f"{r['name']}: {r['no_face_images']} images without a detected face were centre-cropped "
+                f"({r['no_face_pairs']} of {r['num_pairs']} pairs).",
+            ]
     if any(not e["resolvable"] for r in rows for e in r["tar_at_far"].values()):
         lines += [
             "",

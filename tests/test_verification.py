@@ -178,3 +178,39 @@ def test_evaluate_benchmark_keeps_a_training_model_training(tmp_path):
     assert model.training
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, before[key])
+
+
+def test_unaligned_pairs_without_faces_error_or_are_counted(tmp_path):
+    from PIL import Image
+
+    from facesynth.recognizers.alignment import Aligner
+    from facesynth.recognizers.benchmark_files import load_pairs_folder
+
+    class FindsNothing(Aligner):
+        """A detector that finds no face in any photo (as dlib does on noise)."""
+
+        name = "finds-nothing"
+
+        def align(self, image):
+            return []
+
+    rng = np.random.default_rng(0)
+    lines = ["10"]
+    for k in range(10):
+        for name in (f"p{k}", f"q{k}"):
+            (tmp_path / name).mkdir()
+            for i in (1, 2):
+                noise = rng.integers(0, 256, (120, 100, 3), dtype=np.uint8)  # not 112x112
+                Image.fromarray(noise).save(tmp_path / name / f"{name}_{i:04d}.png")
+        lines.append(f"p{k} 1 2" if k % 2 == 0 else f"p{k} 1 q{k} 2")
+    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    bench = load_pairs_folder(tmp_path)
+    bench.aligner = FindsNothing()
+    encoder = TorchEncoder(PixelProjection())
+    with pytest.raises(FacesynthError, match="p0_0001.png: no face found by the finds-nothing aligner"):
+        evaluate_benchmark(encoder, bench)
+    bench.no_face = "center"
+    result = evaluate_benchmark(encoder, bench, batch_size=20)
+    assert (result["no_face_images"], result["no_face_pairs"]) == (20, 10)
+    markdown = write_report([result], tmp_path / "r")["markdown"].read_text()
+    assert "20 images without a detected face were centre-cropped (10 of 10 pairs)" in markdown

@@ -39,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="align unaligned pair images first: dlib or insightface:PATH (default: images must be aligned 112x112)",
     )
+    parser.add_argument(
+        "--no-face",
+        default="error",
+        choices=["error", "center"],
+        help="with --aligner, a photo without a detected face stops the run (error) or is centre-cropped "
+        "and counted in the report (center)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
         aligner = build_aligner(args.aligner, device=args.device)
         for benchmark in benchmarks:
-            benchmark.aligner = aligner
+            benchmark.aligner, benchmark.no_face = aligner, args.no_face
     encoder = load_encoder(args.model, device=args.device)
     results = []
     for benchmark in benchmarks:
