@@ -20,10 +20,14 @@ One command runs every stage (all data is rendered by the parametric renderer, n
    unseen identities E rendered by the parametric renderer (10-fold accuracy and ROC AUC on all
    genuine pairs plus as many impostor pairs).
 
-Results go to OUT/results.json and OUT/results.md. ``--minutes`` scales the training steps (the data
-sizes are fixed); 30 is the full CPU run, a short-budget run gives noisier, weaker numbers.
+Results go to OUT/results.json and OUT/results.md. ``--minutes`` scales the training steps linearly
+(the data sizes are fixed): 30 gives 300 recognizer steps and 600 ID3 steps per model. Wall time
+depends on the machine; on a busy shared 2-core box a step costs several times more than on an idle
+one. A short-budget run gives noisier, weaker numbers.
 
     python -m facesynth.benchmarks.experiment_id3_parametric --minutes 30 --out runs/exp-id3
+    python -m facesynth.benchmarks.experiment_id3_parametric --minutes 10 --size 16 --recognizer-size 32
+    python -m facesynth.benchmarks.experiment_id3_parametric --smoke --minutes 0.3 --size 16   # seconds
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ SETS = {
     "test": (40, 6, 505),
 }
 #: steps of each training at --minutes 30 (scaled linearly)
-FULL_STEPS = {"recognizer": 400, "id3": 900, "fr_eval": 400}
+FULL_STEPS = {"recognizer": 300, "id3": 600, "fr_eval": 300}
 
 
 def render(out: Path, name: str, identities: int, per_identity: int, seed: int) -> Path:
@@ -262,7 +266,7 @@ def run(
     size: int,
     sample_steps: int,
     threads: int,
-    preset: str = "small",
+    preset: str = "tiny",
     sets: dict[str, tuple[int, int, int]] | None = None,
     fr_input_size: int = 56,
 ) -> dict[str, Any]:
@@ -426,9 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kappa", type=float, default=30.0, help="id_guidance for the kappa > 0 rows")
     parser.add_argument("--size", type=int, default=32, help="ID3 image size (pixel space)")
     parser.add_argument("--sample-steps", type=int, default=20, help="DDIM steps when sampling")
-    parser.add_argument("--unet-preset", default="small", help="ID3 UNet preset (default small)")
+    parser.add_argument("--unet-preset", default="tiny", help="ID3 UNet preset (default tiny)")
     parser.add_argument("--recognizer-size", type=int, default=56, help="recognizer input side (default 56)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy box)")
     parser.add_argument(
         "--smoke",
         action="store_true",
