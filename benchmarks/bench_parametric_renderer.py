@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t = _throughput(args.images, args.seed, options, args.repeats)
     print(
-        f"parametric renderer, {args.images} images at 112x112, difficulty {args.difficulty}, supersample {args.supersample}"
+        f"parametric renderer, best of {args.repeats} x {args.images} images at 112x112, "
+        f"difficulty {args.difficulty}, supersample {args.supersample}"
     )
     print(
         f"  render      {t['render_per_s']:8.1f} img/s wall   {t['render_per_cpu_s']:8.1f} img/s per CPU-second"
