@@ -234,9 +234,10 @@ class ID3Pipeline(DiffusionPipeline):
         alphas_cumprod = self.scheduler.alphas_cumprod.cpu()
         step_kwargs = self._step_kwargs(generator, eta)
 
-        for t in self.progress_bar(self.scheduler.timesteps):
+        # alpha_bar per step read once on the CPU: no device sync inside the loop
+        step_alpha_bars = [float(alphas_cumprod[i]) for i in self.scheduler.timesteps.cpu().long().tolist()]
+        for t, abar in zip(self.progress_bar(self.scheduler.timesteps), step_alpha_bars, strict=True):
             model_input = self.scheduler.scale_model_input(latents, t)
-            abar = float(alphas_cumprod[int(t)])
             noise, _ = adjusted_noise(
                 unet=self.unet,
                 sample=model_input,

@@ -111,3 +111,42 @@ def test_cli_reports_bad_data_with_exit_2(tmp_path, capsys):
     )
     assert code == 2
     assert "embedding" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_trains_a_pipeline_that_facesynth_generate_can_use(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data", tiny_encoder(), identities=2, per_identity=4)
+    args = ["train-generator", "--data", str(data), "--output", str(tmp_path / "run"), "--lambda-id", "0"]
+    args += ["--unet-preset", "tiny", "--image-size", "8", "--batch-size", "4", "--max-steps", "2"]
+    args += ["--checkpoint-every", "0", "--sample-every", "0", "--num-workers", "0", "--no-progress"]
+    for setting in ("cross_attention_dim=32", "hidden_dims=[32,32]", "sample_steps=2", "sample_count=2"):
+        args += ["--set", setting]
+    assert main(args) == 0
+    pipeline = tmp_path / "run" / "pipeline"
+    assert (pipeline / "model_index.json").is_file()
+    assert (tmp_path / "run" / "samples" / "step-00000002.png").is_file()
+    out = tmp_path / "generated"
+    code = main(
+        [
+            "generate",
+            "--generator",
+            "id3",
+            "--identities",
+            "2",
+            "--per-identity",
+            "2",
+            "--out",
+            str(out),
+            "-o",
+            f"pipeline={pipeline}",
+            "-o",
+            "id_guidance=0",
+            "-o",
+            "num_inference_steps=2",
+            "-o",
+            "tammes_steps=5",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert main(["verify", str(out)]) == 0
