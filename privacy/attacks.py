@@ -236,11 +236,16 @@ class RidgeInverse:
         self._y_mean: torch.Tensor | None = None
 
     # local mode -----------------------------------------------------------------------------------
-    def _local_features(self, payload: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        x = payload.double()
+    def _local_features(
+        self, payload: torch.Tensor, size: tuple[int, int], dtype=torch.float64
+    ) -> torch.Tensor:
+        x = payload.to(dtype)
         if tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        cols = F.unfold(x, kernel_size=self.kernel, padding=self.kernel // 2)  # (B, C*k*k, H*W)
+        if self.kernel == 1:
+            cols = x.flatten(2)
+        else:
+            cols = F.unfold(x, kernel_size=self.kernel, padding=self.kernel // 2)  # (B, C*k*k, H*W)
         ones = torch.ones(cols.shape[0], 1, cols.shape[2], dtype=cols.dtype)
         return torch.cat([cols, ones], dim=1)
 
@@ -327,8 +332,9 @@ class RidgeInverse:
         self._check_input(payload)
         if self.mode == "local":
             c, h, w = self._out_shape
-            feats = self._local_features(payload, (h, w))
-            out = torch.einsum("bfp,fc->bcp", feats, self.weights).reshape(-1, c, h, w)
+            # float32 for speed at prediction time (the solve itself ran in float64)
+            feats = self._local_features(payload, (h, w), torch.float32)
+            out = torch.einsum("bfp,fc->bcp", feats, self.weights.float()).reshape(-1, c, h, w)
         else:
             x = self._global_features(payload) - self._x_mean
             if self._dual is not None:

@@ -131,6 +131,7 @@ def test_unet_shapes_latent_and_sparsity():
         UNet(output_activation="relu")
 
 
+@pytest.mark.slow
 def test_decoder_learns_the_identity_map():
     images = _smooth_images(32, 32, seed=1) * 0.8
     config = DecoderConfig(block_out_channels=(8, 16), lr=3e-3, steps=150, batch_size=8)
@@ -160,6 +161,7 @@ def test_roi_mask_from_template_and_landmarks():
         roi_mask_from_landmarks(torch.zeros(2, 2))
 
 
+@pytest.mark.slow
 def test_attack_on_the_identity_method_recovers_near_perfectly():
     from facesynth.privacy.attacks import AttackConfig, run_attack
 
@@ -187,3 +189,33 @@ def test_attack_on_the_identity_method_recovers_near_perfectly():
     assert metrics["ridge"]["attack_success"] == pytest.approx(metrics["ridge"]["reference_tar"])
     assert recoveries["decoder"].shape == victims.shape
     assert set(attack.recover(victims[:2])) == {"decoder", "ridge"}
+
+
+def test_trained_attack_refuses_payloads_of_another_method_or_key():
+    from facesynth.privacy.attacks import TrainedAttack, attack_view
+    from facesynth.privacy.payload import Payload, PayloadHeader
+
+    header = PayloadHeader(method="minusface", key_id="aaaa", channels=3, shape=(3, 16, 16))
+    payload = Payload(torch.zeros(2, 3, 16, 16), header)
+    decoder = UNet(3, 3, (4, 8), "tanh")
+    attack = TrainedAttack(decoder=decoder, ridge=None, scale=torch.ones(3), header=header, size=(16, 16))
+    assert attack.recover(payload)["decoder"].shape == (2, 3, 16, 16)
+    other_method = Payload(torch.zeros(2, 3, 16, 16), PayloadHeader("partialface", "aaaa", 3, (3, 16, 16)))
+    with pytest.raises(FacesynthError, match="partialface"):
+        attack.recover(other_method)
+    other_key = Payload(torch.zeros(2, 3, 16, 16), PayloadHeader("minusface", "bbbb", 3, (3, 16, 16)))
+    with pytest.raises(FacesynthError, match="client key"):
+        attack.recover(other_key)
+    with pytest.raises(FacesynthError, match="bare"):
+        attack.recover(torch.zeros(2, 3, 16, 16))
+    rgb_attack = TrainedAttack(decoder=decoder, ridge=None, scale=torch.ones(3), header=None, size=(16, 16))
+    with pytest.raises(FacesynthError, match="unprotected"):
+        rgb_attack.recover(payload)
+    # masks travel as extra channels of the attack view
+    masked = Payload(
+        torch.zeros(2, 3, 16, 16),
+        PayloadHeader("duetface", "k", 3, (3, 16, 16), extras={"mask1": (1, 8, 8)}),
+        {"mask1": torch.ones(2, 1, 8, 8)},
+    )
+    view = attack_view(masked)
+    assert view.shape == (2, 4, 16, 16) and torch.allclose(view[:, 3], torch.ones(2, 16, 16))

@@ -1,0 +1,490 @@
+"""The privacy comparison table: RGB baseline, DCTDP, DuetFace, PartialFace, MinusFace, one recipe.
+
+Every row is trained by the one recognizer trainer with the same backbone, batch size, optimiser,
+learning rate, seed and number of steps *per training stage* on the same identities (DuetFace and
+MinusFace have two stages each, as in TFace; the table says so). Every row is then evaluated the same
+way on identities no recognizer saw:
+
+- verification accuracy (10-fold protocol of :mod:`facesynth.recognizers.verification`) on all pairs
+  of unseen-identity images (genuine: every same-identity pair; impostor: as many random
+  different-identity pairs), each image protected independently through protect -> recognize;
+- payload size per query (bytes the client sends: float32 tensors and masks; RGB: uint8 image);
+- the white-box recovery attack of :mod:`facesynth.privacy.attacks` (U-Net decoder and ridge
+  inverse trained on the public identities, tested on the victim identities): PSNR, SSIM, identity
+  leakage and attack success at a fixed FAR, scored by an identity encoder independent of every
+  protected model (the RGB row's recognizer unless ``--encoder`` names another).
+
+A method whose best attacker leaks at least as much identity as on the RGB baseline is marked "no"
+under "protects better than RGB"; nothing is dropped from the table.
+
+Data: ``--data orl`` (ORL faces from ../shared/datasets, grey 92 x 112 padded to 112 x 112, 40
+identities: 20 train, 10 attacker-public, 10 victims; verification on the 20 unseen) or
+``--data parametric`` (the parametric renderer; identities split 50/25/25 the same way).
+
+    python -m facesynth.benchmarks.privacy_table --data orl --minutes 12
+    python -m facesynth.benchmarks.privacy_table --data parametric --identities 400 --steps 3000 \\
+        --backbone r18 --batch-size 64 --decoder-steps 3000 --out runs/privacy-table
+
+``--minutes`` sets the per-stage step count from a quick timing of each method (a short-budget run:
+the numbers show the harness working, not converged models); ``--steps`` fixes it instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("facesynth.benchmarks.privacy_table")
+
+ROWS = ("rgb", "dctdp", "duetface", "partialface", "minusface")
+# stages per row: (method name, method options); later stages get the previous run via *_from
+STAGES: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "rgb": [("plain", {})],
+    "dctdp": [("dctdp", {})],
+    "duetface": [("duetface", {"stage": "client"}), ("duetface", {"stage": "server"})],
+    "partialface": [("partialface", {})],
+    "minusface": [("minusface", {"stage": 1}), ("minusface", {"stage": 2})],
+}
+SMALL_OPTIONS = {
+    "duetface": {"client_widths": [16, 16, 32, 32, 64]},
+    "minusface": {"generator_widths": [16, 32, 64]},
+}
+SHARED = Path(
+    os.environ.get(
+        "FACESYNTH_SHARED_DATASETS", Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+    )
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+def _pad_to_square(grey: np.ndarray, size: int = 112) -> np.ndarray:
+    from PIL import Image
+
+    h, w = grey.shape
+    scale = size / max(h, w)
+    img = Image.fromarray(grey).resize((round(w * scale), round(h * scale)), Image.BILINEAR)
+    canvas = np.full((size, size), int(np.median(grey)), dtype=np.uint8)
+    arr = np.asarray(img)
+    y0, x0 = (size - arr.shape[0]) // 2, (size - arr.shape[1]) // 2
+    canvas[y0 : y0 + arr.shape[0], x0 : x0 + arr.shape[1]] = arr
+    return np.repeat(canvas[:, :, None], 3, axis=2)
+
+
+def orl_faces(root: Path) -> list[tuple[str, np.ndarray]]:
+    from PIL import Image
+
+    if not root.is_dir():
+        raise SystemExit(f"ORL faces not found at {root}")
+    out = []
+    for folder in sorted(root.iterdir(), key=lambda p: (len(p.name), p.name)):
+        if not folder.is_dir():
+            continue
+        for file in sorted(folder.glob("*.pgm"), key=lambda p: (len(p.name), p.name)):
+            with Image.open(file) as img:
+                out.append((folder.name, _pad_to_square(np.asarray(img.convert("L")))))
+    return out
+
+
+def parametric_faces(identities: int, per_identity: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    from facesynth.generators.registry import SampleRequest, build_generator, sample_seed
+
+    gen = build_generator("parametric", num_identities=identities, seed=seed)
+    requests = [
+        SampleRequest(lab, idx, sample_seed(seed, lab, idx))
+        for lab in range(identities)
+        for idx in range(per_identity)
+    ]
+    out = []
+    for start in range(0, len(requests), 64):
+        chunk = requests[start : start + 64]
+        for req, face in zip(chunk, gen.generate(chunk), strict=True):
+            out.append((f"p{req.label:05d}", face.image))
+    return out
+
+
+def write_split(faces: list[tuple[str, np.ndarray]], folder: Path) -> Path:
+    from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+
+    names = sorted({n for n, _ in faces})
+    label = {n: i for i, n in enumerate(names)}
+    counts: dict[str, int] = {}
+    rows = []
+    for name, image in faces:
+        rows.append(ShardRow(image=image, label=label[name], identity=name, index=counts.get(name, 0)))
+        counts[name] = counts.get(name, 0) + 1
+    write_shard(folder / shard_name(0, 1), rows_to_table(rows, None))
+    return folder
+
+
+def split_identities(faces, fractions=(0.5, 0.25)):
+    names = sorted({n for n, _ in faces}, key=lambda s: (len(s), s))
+    n_train = round(fractions[0] * len(names))
+    n_public = round(fractions[1] * len(names))
+    groups = {
+        "train": set(names[:n_train]),
+        "public": set(names[n_train : n_train + n_public]),
+        "victims": set(names[n_train + n_public :]),
+    }
+    return {k: [(n, im) for n, im in faces if n in v] for k, v in groups.items()}
+
+
+def to_tensor(faces) -> tuple[torch.Tensor, list[str]]:
+    from facesynth.pipelines.shard_reader import image_to_tensor
+
+    return torch.stack([image_to_tensor(im) for _, im in faces]), [n for n, _ in faces]
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def verification_pairs(identities: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """All genuine pairs and as many seeded random impostor pairs: (pairs (P, 2), issame (P,))."""
+    rng = np.random.default_rng(seed)
+    ids = np.array(identities)
+    genuine = [(i, j) for i in range(len(ids)) for j in range(i + 1, len(ids)) if ids[i] == ids[j]]
+    impostor = set()
+    while len(impostor) < len(genuine):
+        i, j = (int(x) for x in rng.integers(0, len(ids), 2))
+        if ids[i] != ids[j]:
+            impostor.add((min(i, j), max(i, j)))
+    pairs = genuine + sorted(impostor)
+    issame = np.array([True] * len(genuine) + [False] * len(impostor))
+    order = rng.permutation(len(pairs))
+    return np.array(pairs)[order], issame[order]
+
+
+@torch.no_grad()
+def embeddings_of(method, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+    method.eval()
+    if hasattr(method, "reset_eval_rng"):
+        method.reset_eval_rng(0)
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        out.append(
+            torch.nn.functional.normalize(method.embed(images[start : start + batch_size]).float(), dim=1)
+        )
+    return torch.cat(out).numpy()
+
+
+def verify(method, images: torch.Tensor, identities: list[str], seed: int) -> dict[str, float]:
+    from facesynth.recognizers.verification import evaluate_embeddings
+
+    emb = embeddings_of(method, images)
+    pairs, issame = verification_pairs(identities, seed)
+    interleaved = emb[pairs.reshape(-1)]
+    result = evaluate_embeddings(interleaved, issame, fars=(1e-2,))
+    return {
+        "accuracy": result["accuracy"],
+        "accuracy_std": result["accuracy_std"],
+        "num_pairs": int(len(issame)),
+    }
+
+
+def payload_bytes(method, image: torch.Tensor) -> int:
+    if method is None:
+        return int(image[0].numel())  # uint8 RGB
+    return method.protect(image[:1], seed=0).nbytes
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+
+
+def train_stage(method_name: str, options: dict[str, Any], data: Path, out: Path, args, steps: int):
+    from facesynth.recognizers.trainer import RecognizerTrainConfig, train_recognizer
+
+    config = RecognizerTrainConfig(
+        data=[str(data)],
+        output_dir=str(out),
+        backbone=args.backbone,
+        method=method_name,
+        method_kwargs=options,
+        batch_size=args.batch_size,
+        max_steps=steps,
+        lr=args.lr,
+        num_workers=0,
+        progress=False,
+        tensorboard=False,
+        checkpoint_every=0,
+        seed=args.seed,
+        log_every=max(1, steps // 5),
+    )
+    return train_recognizer(config)
+
+
+def time_step(method_name: str, options: dict[str, Any], args, images: torch.Tensor) -> float:
+    """Seconds of one training forward + backward at the run's batch size (for --minutes)."""
+    from facesynth.privacy.api import build_privacy_method
+    from facesynth.recognizers.methods import build_method
+
+    build = build_privacy_method if method_name != "plain" else build_method
+    opts = {k: v for k, v in options.items() if not k.endswith("_from")}
+    method = build(method_name, args.backbone, **opts).train()
+    batch = images[: args.batch_size]
+    labels = torch.arange(batch.shape[0]) % 4
+    start = time.perf_counter()
+    emb, aux = method(batch, labels)
+    (emb.pow(2).mean() + sum(aux.values(), torch.zeros(()))).backward()
+    return time.perf_counter() - start
+
+
+def row_options(row: str, stage: int, options: dict[str, Any], previous: Path | None, args) -> dict[str, Any]:
+    opts = {**options, **(SMALL_OPTIONS.get(row, {}) if args.small_clients else {})}
+    if previous is not None and row == "duetface":
+        opts["client_from"] = str(previous)
+    if previous is not None and row == "minusface":
+        opts["stage1_from"] = str(previous)
+    return opts
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", choices=["orl", "parametric"], default="orl")
+    parser.add_argument("--identities", type=int, default=80, help="parametric: identities rendered")
+    parser.add_argument("--per-identity", type=int, default=8, help="parametric: images per identity")
+    parser.add_argument("--minutes", type=float, default=12.0, help="total wall budget used to pick --steps")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps per stage (overrides --minutes)"
+    )
+    parser.add_argument("--backbone", default="tiny")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument(
+        "--decoder-steps", type=int, default=None, help="attack decoder steps (default: from budget)"
+    )
+    parser.add_argument("--decoder-widths", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--ridge-kernel", type=int, default=1)
+    parser.add_argument("--far", type=float, default=1e-2)
+    parser.add_argument(
+        "--encoder", default=None, help="independent identity encoder (default: the RGB row's model)"
+    )
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    parser.add_argument(
+        "--full-clients",
+        dest="small_clients",
+        action="store_false",
+        help="paper-size DuetFace client / MinusFace U-Net",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/privacy-table"))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    wall_start = time.perf_counter()
+
+    import facesynth.privacy  # noqa: F401  (registers the privacy methods)
+    from facesynth.pipelines.attack import labels_of
+    from facesynth.privacy.api import load_privacy_method
+    from facesynth.privacy.attacks import AttackConfig, DecoderConfig, run_attack
+    from facesynth.recognizers.methods import load_method
+
+    faces = (
+        orl_faces(SHARED / "orl_att_faces" / "orl_faces")
+        if args.data == "orl"
+        else parametric_faces(args.identities, args.per_identity, args.seed)
+    )
+    splits = split_identities(faces)
+    work = args.out
+    train_dir = write_split(splits["train"], work / "data" / "train")
+    public, public_ids = to_tensor(splits["public"])
+    victims, victim_ids = to_tensor(splits["victims"])
+    unseen, unseen_ids = to_tensor(splits["public"] + splits["victims"])
+    assert not set(public_ids) & set(victim_ids)
+    logger.info(
+        "data %s: train %d images / %d ids, public %d / %d, victims %d / %d",
+        args.data,
+        len(splits["train"]),
+        len({n for n, _ in splits["train"]}),
+        len(public_ids),
+        len(set(public_ids)),
+        len(victim_ids),
+        len(set(victim_ids)),
+    )
+
+    if args.steps is None:
+        per_step = [
+            time_step(STAGES[r][-1][0], row_options(r, 0, STAGES[r][-1][1], None, args), args, public)
+            for r in args.rows
+        ]
+        budget = args.minutes * 60 * 0.5  # half the budget for training, the rest for evaluation + attacks
+        steps = max(5, int(budget / (sum(per_step) * 1.3 * 1.5)))  # 1.5: some rows have a second stage
+        logger.info(
+            "timed steps %s s; --minutes %.1f -> %d steps per stage",
+            [round(t, 2) for t in per_step],
+            args.minutes,
+            steps,
+        )
+    else:
+        steps = args.steps
+    decoder_steps = args.decoder_steps or max(20, steps)
+
+    results: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+    for row in args.rows:
+        previous = None
+        t0 = time.perf_counter()
+        for stage_index, (method_name, options) in enumerate(STAGES[row]):
+            out = work / "models" / f"{row}-stage{stage_index + 1}"
+            opts = row_options(row, stage_index, options, previous, args)
+            train_stage(method_name, opts, train_dir, out, args, steps)
+            previous = out
+        models[row] = load_method(previous) if row == "rgb" else load_privacy_method(str(previous))
+        results[row] = {"train_seconds": round(time.perf_counter() - t0, 1), "stages": len(STAGES[row])}
+        logger.info("%s trained in %.0f s", row, results[row]["train_seconds"])
+
+    if args.encoder:
+        from facesynth.recognizers.encoders import load_encoder
+
+        encoder = load_encoder(args.encoder)
+        encoder_name = args.encoder
+    else:
+        from facesynth.recognizers.encoders import TorchEncoder
+
+        rgb_model = models.get("rgb")
+        if rgb_model is None:
+            rgb_model = load_method(work / "models" / "rgb-stage1")
+        encoder = TorchEncoder(rgb_model.backbone, description="RGB-row recognizer")
+        encoder_name = "the RGB row's recognizer"
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([encoder.embed(x[i : i + 64]) for i in range(0, x.shape[0], 64)])
+
+    attack_config = AttackConfig(
+        decoder=DecoderConfig(
+            block_out_channels=tuple(args.decoder_widths),
+            lr=1e-3,
+            steps=decoder_steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        ),
+        ridge_kernel=args.ridge_kernel,
+        ridge_positions=256,
+        far=args.far,
+        batch_size=args.batch_size,
+    )
+    for row in args.rows:
+        method = models[row]
+        t0 = time.perf_counter()
+        results[row]["verification"] = verify(method, unseen, unseen_ids, args.seed)
+        if row == "rgb":
+            results[row]["payload_bytes"] = payload_bytes(None, unseen)
+
+            def protect(images, seed):
+                return images
+        else:
+            results[row]["payload_bytes"] = payload_bytes(method, unseen)
+
+            def protect(images, seed, method=method):
+                return method.protect(images, seed=seed)
+
+        metrics, _, _ = run_attack(
+            protect, public, victims, labels_of(victim_ids), attack_config, embed=embed, progress=False
+        )
+        metrics.pop("view")
+        results[row]["attack"] = metrics
+        results[row]["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        logger.info("%s evaluated in %.0f s", row, results[row]["eval_seconds"])
+
+    meta = {
+        "data": args.data,
+        "train_images": len(splits["train"]),
+        "train_identities": len({n for n, _ in splits["train"]}),
+        "public_images": len(public_ids),
+        "victim_images": len(victim_ids),
+        "victim_identities": len(set(victim_ids)),
+        "verification_identities": len(set(unseen_ids)),
+        "backbone": args.backbone,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "steps_per_stage": steps,
+        "decoder_steps": decoder_steps,
+        "decoder_widths": args.decoder_widths,
+        "ridge_kernel": args.ridge_kernel,
+        "far": args.far,
+        "encoder": encoder_name,
+        "small_clients": args.small_clients,
+        "seed": args.seed,
+        "wall_seconds": round(time.perf_counter() - wall_start, 1),
+        "torch_threads": args.threads,
+    }
+    table = markdown_table(results, meta)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "privacy_table.json").write_text(
+        json.dumps({"meta": meta, "rows": results}, indent=2), encoding="utf-8"
+    )
+    (work / "privacy_table.md").write_text(table, encoding="utf-8")
+    print(table)
+    return 0
+
+
+def _best_leak(metrics: dict[str, Any]) -> tuple[float, float]:
+    attackers = [m for k, m in metrics.items() if k != "no_information"]
+    return (
+        max(m.get("identity_leakage", float("nan")) for m in attackers),
+        max(m.get("attack_success", float("nan")) for m in attackers),
+    )
+
+
+def markdown_table(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    head = (
+        "| method | stages | verification acc | payload bytes/query | decoder PSNR | decoder SSIM | decoder leakage "
+        "| decoder success | ridge PSNR | ridge SSIM | ridge leakage | ridge success | protects better than RGB |"
+    )
+    lines = [
+        f"Privacy comparison ({meta['data']}, backbone {meta['backbone']}, {meta['steps_per_stage']} steps per stage, "
+        f"batch {meta['batch_size']}, lr {meta['lr']}; attack decoder {meta['decoder_steps']} steps; "
+        f"success at FAR {meta['far']:g}; identity encoder: {meta['encoder']}; wall {meta['wall_seconds']:.0f} s)",
+        "",
+        head,
+        "|" + "---|" * 13,
+    ]
+    rgb = results.get("rgb")
+    rgb_leak = _best_leak(rgb["attack"]) if rgb else None
+    for row, r in results.items():
+        dec, rid = r["attack"]["decoder"], r["attack"].get("ridge", {})
+        v = r["verification"]
+        if row == "rgb" or rgb_leak is None:
+            verdict = "(baseline)" if row == "rgb" else "n/a"
+        else:
+            leak = _best_leak(r["attack"])
+            verdict = "yes" if leak[0] < rgb_leak[0] and leak[1] <= rgb_leak[1] else "**no**"
+
+        def f(m, k, fmt="{:.3f}"):
+            return fmt.format(m[k]) if k in m else "n/a"
+
+        lines.append(
+            f"| {row} | {r['stages']} | {v['accuracy']:.3f} ± {v['accuracy_std']:.3f} | {r['payload_bytes']:,} | "
+            f"{f(dec, 'psnr', '{:.2f}')} | {f(dec, 'ssim')} | {f(dec, 'identity_leakage')} | {f(dec, 'attack_success')} | "
+            f"{f(rid, 'psnr', '{:.2f}')} | {f(rid, 'ssim')} | {f(rid, 'identity_leakage')} | {f(rid, 'attack_success')} | {verdict} |"
+        )
+    noinfo = next(iter(results.values()))["attack"]["no_information"]
+    lines += [
+        "",
+        f"No-information floor (public mean face for every victim): PSNR {noinfo['psnr']:.2f}, SSIM {noinfo['ssim']:.3f}, "
+        f"leakage {noinfo.get('identity_leakage', float('nan')):.3f}, success {noinfo.get('attack_success', float('nan')):.3f}. "
+        f"Originals verified at that FAR: {noinfo.get('reference_tar', float('nan')):.3f}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
