@@ -219,3 +219,52 @@ def test_trained_attack_refuses_payloads_of_another_method_or_key():
     )
     view = attack_view(masked)
     assert view.shape == (2, 4, 16, 16) and torch.allclose(view[:, 3], torch.ones(2, 16, 16))
+
+
+def _write_faces(folder, identities, per_identity=2, seed=0):
+    import numpy as np
+
+    from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, name in enumerate(identities):
+        base = rng.integers(0, 255, (14, 14, 3)).repeat(8, 0).repeat(8, 1)
+        for index in range(per_identity):
+            noisy = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+            rows.append(ShardRow(image=noisy, label=label, identity=name, index=index))
+    write_shard(folder / shard_name(0, 1), rows_to_table(rows, None))
+    return folder
+
+
+def test_attack_command_rgb_baseline_and_identity_overlap_error(tmp_path, capsys):
+    import json
+
+    from facesynth.pipelines.cli import main
+
+    data = _write_faces(tmp_path / "faces", [f"id{i}" for i in range(6)])
+    out = tmp_path / "report"
+    common = ["--decoder-steps", "2", "--decoder-widths", "4", "8", "--batch-size", "4", "--no-progress"]
+    code = main(["attack", "--target", "rgb", "--public", str(data), "--out", str(out), *common])
+    assert code == 0
+    report = json.loads((out / "attack.json").read_text())
+    assert report["num_public_identities"] == 3 and report["num_victim_identities"] == 3
+    assert report["attackers"]["ridge"]["psnr"] > 40  # the RGB "payload" is the image: ridge inverts it
+    assert (out / "attack.md").read_text().startswith("# Recovery attack on `rgb`")
+    assert (out / "samples.png").is_file()
+    code = main(
+        [
+            "attack",
+            "--target",
+            "rgb",
+            "--public",
+            str(data),
+            "--victims",
+            str(data),
+            "--out",
+            str(out),
+            *common,
+        ]
+    )
+    assert code == 2
+    assert "identity-disjoint" in capsys.readouterr().err
