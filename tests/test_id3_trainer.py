@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import pytest
@@ -150,3 +151,29 @@ def test_cli_trains_a_pipeline_that_facesynth_generate_can_use(tmp_path):
     )
     assert code == 0
     assert main(["verify", str(out)]) == 0
+
+
+def test_gradient_accumulation_and_bf16_autocast(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data", tiny_encoder(), identities=2, per_identity=4)
+    config = _config(
+        data,
+        tmp_path / "run",
+        loss={"lambda_id": 0.0},
+        gradient_accumulation_steps=2,
+        max_steps=2,
+        checkpoint_every=0,
+        sample_every=0,
+        sample_steps=1,
+        sample_count=2,
+        mixed_precision="bf16",
+    )
+    result = train_id3(config)
+    assert result.steps == 2
+    rows = list(csv.DictReader((tmp_path / "run" / "train_log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert result.images_per_second > 0 and float(rows[-1]["loss"]) == float(rows[-1]["loss"])
+    # two micro-batches per optimizer step: four batches consumed for two steps
+    state = json.loads(
+        (tmp_path / "run" / "checkpoints" / "checkpoint-00000002" / "trainer_state.json").read_text()
+    )
+    assert state == {"step": 2, "micro_step": 4, "ema_step": 2}
