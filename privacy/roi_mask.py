@@ -19,19 +19,7 @@ import numpy as np
 import torch
 
 from facesynth.pipelines.errors import FacesynthError
-
-# The ArcFace 5-point template for 112 x 112 crops (left eye, right eye, nose, left and right mouth
-# corner), in pixel (x, y) coordinates: the standard insightface alignment target.
-ARCFACE_TEMPLATE_112 = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float64,
-)
+from facesynth.recognizers.alignment import template as arcface_template
 
 
 def convex_hull(points: np.ndarray) -> np.ndarray:
@@ -100,7 +88,7 @@ def roi_mask_from_landmarks(
     if landmarks is None:
         if batch_size is None:
             raise FacesynthError("roi_mask_from_landmarks: give landmarks or a batch_size for the template")
-        template = ARCFACE_TEMPLATE_112 * (size / 112.0)
+        template = arcface_template(size)
         landmarks = np.broadcast_to(template, (int(batch_size), *template.shape))
     array = landmarks.detach().cpu().numpy() if isinstance(landmarks, torch.Tensor) else np.asarray(landmarks)
     array = np.asarray(array, dtype=np.float64)
