@@ -18,6 +18,7 @@ encoders: torch:RUN_OR_WEIGHTS, onnx:MODEL.onnx, insightface:MODEL.onnx, dlib
 examples:
   facesynth bench --model torch:runs/r50 --bin-dir ~/data/faces_emore --out runs/r50/bench
   facesynth bench --model onnx:w600k_r50.onnx ~/data/lfw.bin ~/data/my_pairs/ --out bench_w600k
+  facesynth bench --privacy dctdp --model runs/dctdp --bin-dir ~/data/faces_emore --out runs/dctdp/bench
 """
 
 
@@ -46,6 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --aligner, a photo without a detected face stops the run (error) or is centre-cropped "
         "and counted in the report (center)",
     )
+    parser.add_argument(
+        "--privacy",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="METHOD",
+        help="--model is a trained privacy method run (dctdp, partialface, ...): evaluate through "
+        "protect -> recognize, mean +- std over --seeds; writes OUT/bench_privacy.{json,md}",
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="query seeds for --privacy (comma-separated, >= 3)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +82,24 @@ def run(args: argparse.Namespace) -> int:
         aligner = build_aligner(args.aligner, device=args.device)
         for benchmark in benchmarks:
             benchmark.aligner, benchmark.no_face = aligner, args.no_face
+    if args.privacy:
+        from facesynth.privacy.evaluation import bench_privacy
+
+        seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
+        files = bench_privacy(
+            args.model,
+            benchmarks,
+            args.out,
+            args.privacy,
+            seeds,
+            args.batch_size,
+            not args.no_flip,
+            args.device,
+            True,
+        )
+        print(files["markdown"].read_text(encoding="utf-8"))
+        print(f"report: {files['markdown']} ({files['json']})")
+        return 0
     encoder = load_encoder(args.model, device=args.device)
     results = []
     for benchmark in benchmarks:
