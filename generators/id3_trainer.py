@@ -168,36 +168,45 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_training_data(sources: list[str]) -> int:
-    """Embedding width of the training data; clear errors when the column is missing or ragged."""
-    from facesynth.pipelines.shard_reader import read_columns
+    """Embedding width of the training data, read from the shard schemas (no data is loaded)."""
+    from facesynth.pipelines.shard_format import embedding_dim_of, read_schema
+    from facesynth.pipelines.shard_reader import dataset_files
 
-    widths = set()
+    widths: dict[int, str] = {}
     for source in sources:
-        try:
-            table = read_columns(source, ["embedding"])
-        except (KeyError, ShardError) as exc:
-            raise ShardError(
-                f"{source}: train-generator needs an 'embedding' column (ingest the data with an identity "
-                f"encoder first): {exc}"
-            ) from None
-        if table.num_rows == 0:
-            raise ShardError(f"{source}: the dataset has no rows")
-        first = table.column("embedding")[0].as_py()
-        if first is None:
-            raise ShardError(f"{source}: the embedding column is null")
-        widths.add(len(first))
+        for file in dataset_files(source):
+            width = embedding_dim_of(read_schema(file))
+            if width is None:
+                raise ShardError(
+                    f"{file}: train-generator needs an 'embedding' column (ingest the data with an identity "
+                    "encoder first)"
+                )
+            widths.setdefault(width, str(file))
     if len(widths) != 1:
-        raise ShardError(f"{sources}: datasets have different embedding widths {sorted(widths)}")
-    return widths.pop()
+        raise ShardError(f"training data mixes embedding widths: {widths}")
+    return next(iter(widths))
 
 
 def _fixed_conditions(sources: list[str], count: int) -> tuple[torch.Tensor, np.ndarray]:
     """The first ``count`` (embedding, attributes) rows: the fixed conditions of the sample grids."""
-    from facesynth.pipelines.shard_reader import read_columns
+    import pyarrow.parquet as pq
 
-    table = read_columns(sources[0], ["embedding", "attributes"]).slice(0, count)
-    emb = F.normalize(torch.tensor(table.column("embedding").to_pylist(), dtype=torch.float32), dim=1)
-    physical, _ = attributes_to_array(table.column("attributes").to_pylist())
+    from facesynth.pipelines.shard_reader import dataset_files
+
+    embeddings: list[Any] = []
+    attributes: list[Any] = []
+    for file in dataset_files(sources[0]):
+        parquet = pq.ParquetFile(file)
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=["embedding", "attributes"])
+            embeddings += table.column("embedding").to_pylist()
+            attributes += table.column("attributes").to_pylist()
+            if len(embeddings) >= count:
+                break
+        if len(embeddings) >= count:
+            break
+    emb = F.normalize(torch.tensor(embeddings[:count], dtype=torch.float32), dim=1)
+    physical, _ = attributes_to_array(attributes[:count])
     return emb, physical
 
 
