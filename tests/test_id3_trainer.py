@@ -153,7 +153,17 @@ def test_cli_trains_a_pipeline_that_facesynth_generate_can_use(tmp_path):
     assert main(["verify", str(out)]) == 0
 
 
-def test_gradient_accumulation_and_bf16_autocast(tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; a run with another mixed precision needs it reset."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_gradient_accumulation_and_bf16_autocast(tmp_path, fresh_accelerate_state):
     data = write_tiny_dataset(tmp_path / "data", tiny_encoder(), identities=2, per_identity=4)
     config = _config(
         data,
