@@ -80,6 +80,12 @@ class RecognizerTrainConfig(StageConfig):
     grad_clip: float = Field(default=5.0, ge=0, description="max grad norm of the model; 0 = off")
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     flip: bool = True
+    shift: int = Field(
+        default=0,
+        ge=0,
+        description="random translation of up to this many input pixels (reflect padding); 0 = off as in "
+        "arcface_torch, a few pixels help small datasets",
+    )
     num_workers: int = Field(default=2, ge=0)
     buffer_size: int = Field(default=1000, ge=1)
     seed: int = 2048
@@ -159,14 +165,30 @@ def lr_at(step: int, base_lr: float, total_steps: int, warmup_steps: int) -> flo
     return base_lr * max(0.0, 1.0 - (step - warmup_steps) / span)
 
 
-def augment(images: torch.Tensor, size: tuple[int, int], flip: bool, generator: torch.Generator | None):
-    """Random horizontal flip (p = 0.5, drawn from ``generator``) and resize to ``size``."""
+def augment(
+    images: torch.Tensor,
+    size: tuple[int, int],
+    flip: bool,
+    generator: torch.Generator | None,
+    shift: int = 0,
+) -> torch.Tensor:
+    """Resize to ``size``, random horizontal flip (p = 0.5) and random shifts of up to ``shift`` pixels.
+
+    The randomness comes from ``generator`` only, so a resumed run augments exactly like the original.
+    """
+    if tuple(images.shape[-2:]) != tuple(size):
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
     if flip:
         mask = torch.rand(images.shape[0], generator=generator) < 0.5
         mask = mask.to(images.device)
         images = torch.where(mask[:, None, None, None], images.flip(-1), images)
-    if tuple(images.shape[-2:]) != tuple(size):
-        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+    if shift > 0:
+        height, width = images.shape[-2:]
+        padded = F.pad(images, (shift, shift, shift, shift), mode="reflect")
+        offsets = torch.randint(0, 2 * shift + 1, (images.shape[0], 2), generator=generator).tolist()
+        images = torch.stack(
+            [padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)]
+        )
     return images
 
 
@@ -451,7 +473,7 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                 flip_rng = torch.Generator().manual_seed(
                     (config.seed * 1_000_003 + step * 7919 + rank) % (2**63)
                 )
-                images = augment(images, input_size, config.flip, flip_rng)
+                images = augment(images, input_size, config.flip, flip_rng, config.shift)
                 method.train()
                 embeddings, aux_losses = method(images, labels)
                 margin_loss = partial_fc(embeddings, labels)

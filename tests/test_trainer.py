@@ -1,0 +1,229 @@
+"""Recognizer trainer: outputs, exact resume, mixed folders, method aux losses, CLI and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from facesynth.pipelines.cli import main as cli_main
+from facesynth.pipelines.errors import ConfigError, FacesynthError, ShardError
+from facesynth.pipelines.shard_format import ShardRow, arrow_schema, rows_to_table, shard_name, write_shard
+from facesynth.recognizers.backbones import load_backbone
+from facesynth.recognizers.methods import RecognitionMethod, load_method, register_method
+from facesynth.recognizers.trainer import RecognizerTrainConfig, lr_at, resolve_sources, train_recognizer
+
+
+def make_shards(folder: Path, num_ids: int, per_id: int, seed: int = 0) -> Path:
+    """A small shard dataset of procedural faces, two shards."""
+    from facesynth.generators.registry import SampleRequest, build_generator
+
+    generator = build_generator("parametric", num_identities=num_ids, seed=seed)
+    rows = []
+    for label in range(num_ids):
+        faces = generator.generate(
+            [SampleRequest(label, i, seed * 10_000 + label * 100 + i) for i in range(per_id)]
+        )
+        rows += [
+            ShardRow(image=f.image, label=label, identity=f"p{label}", index=i) for i, f in enumerate(faces)
+        ]
+    half = len(rows) // 2
+    write_shard(folder / shard_name(0, 2), rows_to_table(rows[:half], None), row_group_size=16)
+    write_shard(folder / shard_name(1, 2), rows_to_table(rows[half:], None), row_group_size=16)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two OpenMP threads on a shared CPU are much slower than one
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    return make_shards(tmp_path_factory.mktemp("faces"), num_ids=6, per_id=8)
+
+
+def small_config(data, out, **overrides) -> RecognizerTrainConfig:
+    settings = dict(
+        data=[str(d) for d in data],
+        output_dir=str(out),
+        backbone="tiny",
+        input_size=32,
+        batch_size=8,
+        epochs=1,
+        num_workers=0,
+        log_every=1,
+        progress=False,
+        tensorboard=False,
+    )
+    settings.update(overrides)
+    return RecognizerTrainConfig(**settings)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_lr_schedule_warmup_then_linear_decay():
+    assert lr_at(0, 0.1, 100, 0) == pytest.approx(0.1)
+    assert lr_at(50, 0.1, 100, 0) == pytest.approx(0.05)
+    assert lr_at(0, 0.1, 100, 10) == pytest.approx(0.01)
+    assert lr_at(9, 0.1, 100, 10) == pytest.approx(0.1)
+    assert lr_at(55, 0.1, 100, 10) == pytest.approx(0.05)
+
+
+def test_train_writes_weights_logs_and_checkpoints(faces, tmp_path):
+    out = tmp_path / "run"
+    result = train_recognizer(small_config([faces], out, epochs=2, checkpoint_every=3, keep_checkpoints=2))
+    assert result.steps == 12 and result.num_classes == 6  # 48 rows // 8 per step, two epochs
+    assert result.images_per_second > 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-9"]
+    rows = read_csv(out / "train_log.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    assert {"lr", "loss", "margin_loss", "images_per_s"} <= set(rows[0])
+    assert float(rows[-1]["lr"]) < float(rows[0]["lr"])
+    backbone = load_backbone(out)
+    assert backbone.fc.in_features == 128 * 2 * 2
+    assert json.loads((out / "backbone_config.json").read_text())["backbone"] == "tiny"
+    method = load_method(out)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(method.embed(x), backbone(x))
+
+
+def test_resume_is_exact(faces, tmp_path):
+    settings = dict(epochs=2, checkpoint_every=5, sample_rate=0.5, optimizer="sgd", seed=3)
+    full = tmp_path / "full"
+    train_recognizer(small_config([faces], full, **settings))
+    # a run interrupted after step 5: only its checkpoint-5 exists; resume it
+    cut = tmp_path / "cut"
+    (cut / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "checkpoint-5", cut / "checkpoints" / "checkpoint-5")
+    result = train_recognizer(small_config([faces], cut, resume="latest", **settings))
+    assert result.steps == 12
+    a, b = load_backbone(full).state_dict(), load_backbone(cut).state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    pfc = "partial_fc-rank00000-of-00001.safetensors"
+    from safetensors.torch import load_file
+
+    torch.testing.assert_close(
+        load_file(full / "checkpoints" / "checkpoint-12" / pfc)["weight"],
+        load_file(cut / "checkpoints" / "checkpoint-12" / pfc)["weight"],
+    )
+
+
+def test_mixed_folders_get_distinct_classes(faces, tmp_path):
+    other = make_shards(tmp_path / "other", num_ids=3, per_id=8, seed=1)
+    sources, offsets, classes = resolve_sources([str(faces), str(other)])
+    assert offsets == [0, 6] and classes == 9
+    result = train_recognizer(small_config([faces, other], tmp_path / "mix", max_steps=2, optimizer="adamw"))
+    assert result.num_classes == 9 and result.steps == 2
+
+
+@register_method("test-aux")
+class _AuxMethod(RecognitionMethod):
+    """A method with an extra loss term, to check that the trainer adds and logs it."""
+
+    def __init__(self, backbone: str, backbone_kwargs=None, weight: float = 0.5):
+        super().__init__(backbone, backbone_kwargs)
+        self.weight = weight
+        self.gate = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, images, labels=None):
+        embeddings = self.backbone(images * self.gate)
+        return embeddings, {"gate_l2": self.weight * (self.gate - 2.0).pow(2).sum()}
+
+
+def test_method_aux_losses_are_trained_and_logged(faces, tmp_path):
+    out = tmp_path / "aux"
+    train_recognizer(
+        small_config([faces], out, method="test-aux", method_kwargs={"weight": 1.0}, max_steps=3)
+    )
+    rows = read_csv(out / "train_log.csv")
+    assert "aux_gate_l2" in rows[0]
+    assert float(rows[-1]["aux_gate_l2"]) < float(rows[0]["aux_gate_l2"])
+    assert float(rows[0]["loss"]) == pytest.approx(
+        float(rows[0]["margin_loss"]) + float(rows[0]["aux_gate_l2"])
+    )
+    method = load_method(out)
+    assert method.weight == 1.0 and method.gate.item() != 1.0
+
+
+def test_cli_trains_and_reports_bad_input(faces, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = cli_main(
+        [
+            "train-recognizer",
+            "--data",
+            str(faces),
+            "--output-dir",
+            str(out),
+            "--backbone",
+            "tiny",
+            "--input-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "2",
+            "--num-workers",
+            "1",
+            "--head",
+            "cosface",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert (out / "backbone.safetensors").is_file()
+    assert "2 steps on 6 classes" in capsys.readouterr().out
+    assert cli_main(["train-recognizer", "--data", str(tmp_path / "nope"), "--output-dir", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bad_input_errors(faces, tmp_path):
+    empty = tmp_path / "empty"
+    write_shard(empty / shard_name(0, 1), pa.Table.from_pylist([], schema=arrow_schema(None)))
+    with pytest.raises(ShardError, match="no rows"):
+        train_recognizer(small_config([empty], tmp_path / "r1"))
+    with pytest.raises(ConfigError, match="batch_size"):
+        train_recognizer(small_config([faces], tmp_path / "r2", batch_size=1000))
+    with pytest.raises(ConfigError, match="unknown recognition method 'nope'"):
+        train_recognizer(small_config([faces], tmp_path / "r3", method="nope"))
+    with pytest.raises(ConfigError, match="sample_rate"):
+        RecognizerTrainConfig.from_mapping({"data": ["x"], "output_dir": "y", "sample_rate": 2})
+    # a checkpoint from another dataset (different class count) is refused with a clear message
+    run = tmp_path / "r4"
+    train_recognizer(small_config([faces], run, max_steps=1))
+    fewer = make_shards(tmp_path / "fewer", num_ids=2, per_id=8, seed=2)
+    with pytest.raises(FacesynthError, match="checkpoint has 6 classes"):
+        train_recognizer(small_config([fewer], run, resume="latest", max_steps=2))
+    # same class count, different backbone: accelerate's load is wrapped into a clear error
+    with pytest.raises(FacesynthError, match="does not match this model"):
+        train_recognizer(
+            small_config([faces], run, resume="latest", max_steps=2, backbone_kwargs={"num_features": 64})
+        )
+
+
+def test_lr_and_decay_defaults():
+    sgd = RecognizerTrainConfig(data=["x"], output_dir="y")
+    adamw = RecognizerTrainConfig(data=["x"], output_dir="y", optimizer="adamw")
+    assert (sgd.effective_lr(), sgd.effective_weight_decay(), sgd.momentum) == (0.1, 5e-4, 0.9)
+    assert (adamw.effective_lr(), adamw.effective_weight_decay()) == (1e-3, 0.1)
+    assert (sgd.head, sgd.margin_scale, sgd.backbone, sgd.epochs, sgd.grad_clip) == (
+        "arcface",
+        64.0,
+        "r50",
+        20,
+        5.0,
+    )
+    assert np.isclose(sgd.sample_rate, 1.0)
