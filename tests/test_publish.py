@@ -75,6 +75,7 @@ def copy(published, tmp_path):
     return target
 
 
+@pytest.mark.slow
 def test_round_trip_dry_run_lists_exactly_the_upload(published, capsys):
     result = publish(published, "me/tiny", dry_run=True, api=ForbiddenApi())
     paths = [p for p, _ in result.plan.files]

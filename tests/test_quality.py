@@ -122,6 +122,7 @@ def test_stored_embeddings_report_figures_and_leak(dataset, reference, tmp_path)
     assert "real-2" in md and "![sample grid](figures/sample_grid.png)" in md
 
 
+@pytest.mark.slow
 def test_evaluation_encoder_re_embeds_the_images(dataset, tiny_encoder, tmp_path):
     config = QualityConfig(dataset=dataset, encoder=f"torch:{tiny_encoder}", out=tmp_path, batch_size=8)
     report = run_quality(config, show_progress=False).report
