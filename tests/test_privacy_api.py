@@ -136,3 +136,41 @@ def test_trainer_trains_privacy_methods_through_the_registry(name: str, tmp_path
     assert server.name == name
     payload = server.protect(_images(2), seed=0)
     assert server.recognize(payload).shape == (2, server.embedding_size)
+
+
+@pytest.mark.slow
+def test_bench_privacy_command_reports_mean_and_std_over_seeds(tmp_path: Path, capsys) -> None:
+    import json
+
+    from facesynth.pipelines.cli import main
+    from facesynth.recognizers.benchmark_files import write_bin
+
+    rng = np.random.default_rng(1)
+    faces = [rng.integers(0, 256, size=(112, 112, 3)).astype(np.uint8) for _ in range(4)]
+    images, issame = [], []
+    for i in range(10):  # the 10-fold protocol needs at least 10 pairs
+        a = faces[i % 4]
+        same = i % 2 == 0
+        b = faces[i % 4] if same else faces[(i + 1) % 4]
+        images += [a, np.clip(b.astype(int) + rng.integers(-10, 11, size=b.shape), 0, 255).astype(np.uint8)]
+        issame.append(same)
+    bin_path = write_bin(tmp_path / "tiny.bin", images, issame, image_format="PNG")
+    method = build_privacy_method("partialface", "tiny")  # benchmark files hold 112 x 112 faces
+    save_method(method, tmp_path / "run")
+    out = tmp_path / "bench"
+    argv = ["bench", "--privacy", "partialface", "--model", f"torch:{tmp_path / 'run'}", str(bin_path)]
+    assert main([*argv, "--out", str(out), "--batch-size", "20", "--no-flip", "--device", "cpu"]) == 0
+    report = json.loads((out / "bench_privacy.json").read_text())
+    assert report["method"] == "partialface" and report["seeds"] == [0, 1, 2]
+    assert set(report["runs"]) == {"0", "1", "2"}
+    row = report["summary"][0]
+    accs = [report["runs"][s][0]["accuracy"] for s in ("0", "1", "2")]
+    assert row["accuracy"]["mean"] == pytest.approx(float(np.mean(accs)))
+    assert row["accuracy"]["std"] == pytest.approx(float(np.std(accs, ddof=1)))
+    assert report["payload_bytes_per_query"] == 27 * 112 * 112 * 4
+    assert "+-" in (out / "bench_privacy.md").read_text()
+    capsys.readouterr()
+    assert main([*argv, "--out", str(out), "--seeds", "0", "--device", "cpu"]) == 2
+    assert "at least 3 seeds" in capsys.readouterr().err
+    assert main([*argv[:2], "dctdp", *argv[3:], "--out", str(out), "--device", "cpu"]) == 2
+    assert "not 'dctdp'" in capsys.readouterr().err
