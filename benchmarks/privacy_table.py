@@ -151,6 +151,21 @@ def to_tensor(faces) -> tuple[torch.Tensor, list[str]]:
 # evaluation
 
 
+def _cap(images: torch.Tensor, ids: list[str], limit: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """At most ``limit`` images, the same number from every identity where possible (seeded)."""
+    if len(ids) <= limit:
+        return images, ids
+    names = sorted(set(ids))
+    per = max(2, limit // len(names))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for name in names:
+        idx = [i for i, n in enumerate(ids) if n == name]
+        keep += sorted(rng.choice(idx, size=min(per, len(idx)), replace=False).tolist())
+    keep = sorted(keep)
+    return images[keep], [ids[i] for i in keep]
+
+
 def verification_pairs(identities: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
     """All genuine pairs and as many seeded random impostor pairs: (pairs (P, 2), issame (P,))."""
     rng = np.random.default_rng(seed)
@@ -273,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ridge-kernel", type=int, default=1)
     parser.add_argument("--far", type=float, default=1e-2)
     parser.add_argument(
+        "--max-public", type=int, default=48, help="attacker's public images (short-budget cap)"
+    )
+    parser.add_argument("--max-victims", type=int, default=50, help="victim images (verification and attack)")
+    parser.add_argument(
         "--encoder", default=None, help="independent identity encoder (default: the RGB row's model)"
     )
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
@@ -305,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     splits = split_identities(faces)
     work = args.out
     train_dir = write_split(splits["train"], work / "data" / "train")
-    public, public_ids = to_tensor(splits["public"])
-    victims, victim_ids = to_tensor(splits["victims"])
+    public, public_ids = _cap(*to_tensor(splits["public"]), args.max_public, args.seed)
+    victims, victim_ids = _cap(*to_tensor(splits["victims"]), args.max_victims, args.seed + 1)
     # verification on the victim identities: unseen by every recognizer and by the attacker
     unseen, unseen_ids = victims, victim_ids
     assert not set(public_ids) & set(victim_ids)
@@ -326,8 +345,10 @@ def main(argv: list[str] | None = None) -> int:
             time_step(STAGES[r][-1][0], row_options(r, 0, STAGES[r][-1][1], None, args), args, public)
             for r in args.rows
         ]
-        budget = args.minutes * 60 * 0.5  # half the budget for training, the rest for evaluation + attacks
-        steps = max(5, int(budget / (sum(per_step) * 1.3 * 1.5)))  # 1.5: some rows have a second stage
+        # about a third of the budget for training (two-stage rows count ~1.4x, trainer overhead ~1.4x);
+        # the rest goes to verification and to the attacks, whose decoder gets as many steps
+        budget = args.minutes * 60 * 0.35
+        steps = max(5, int(budget / (sum(per_step) * 1.4 * 1.4)))
         logger.info(
             "timed steps %s s; --minutes %.1f -> %d steps per stage",
             [round(t, 2) for t in per_step],
@@ -382,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         ridge_positions=256,
         far=args.far,
         batch_size=args.batch_size,
+        scale_batches=1,
     )
     for row in args.rows:
         method = models[row]
