@@ -296,12 +296,21 @@ def _import_dlib():
     return dlib
 
 
+#: Where dlib's own 150x150 face chips (``dlib.get_face_chip(..., size=150, padding=0.25)``) put the
+#: five ArcFace-order points: medians measured by running dlib's 68-point predictor on the chips of
+#: 370 CelebA-wild photos (eye-contour means, nose tip 30, mouth corners 48/54), in chip pixels.
+DLIB_CHIP_TEMPLATE = np.array(
+    [[46.83, 45.83], [100.33, 46.17], [74.0, 77.0], [50.0, 102.0], [98.0, 102.0]], dtype=np.float64
+)
+
+
 class DlibEncoder(IdentityEncoder):
     """dlib's ResNet face descriptor (128-d, CPU, offline; not differentiable).
 
-    dlib was trained on its own 150x150 chips, not on the ArcFace template; our aligned 112x112
-    crops are resized to 150x150 and passed as chips, an approximation of dlib's own alignment
-    that keeps one crop format across encoders.
+    dlib expects its own 150x150 chips, not ArcFace-template crops. Each aligned crop is therefore
+    re-warped by the similarity that maps the ArcFace template onto :data:`DLIB_CHIP_TEMPLATE`
+    (parts outside the crop stay black). Measured on 185 CelebA-wild pairs (dlib-aligned, 10-fold):
+    native dlib chips 97.84 %, re-warped crops 97.81 %, plain resizing of the crop to 150x150 81.64 %.
     """
 
     input_size = None
@@ -320,13 +329,24 @@ class DlibEncoder(IdentityEncoder):
         self.model = dlib.face_recognition_model_v1(str(path))
         self.description = f"dlib:{path.name}"
 
+    def _check(self, images: torch.Tensor) -> None:
+        super()._check(images)
+        if images.shape[2] != images.shape[3]:
+            raise FacesynthError(
+                f"{self.description}: expects square aligned crops, got {images.shape[3]}x{images.shape[2]}"
+            )
+
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         import cv2
 
+        from facesynth.recognizers.alignment import similarity_transform, template
+
+        side = int(images.shape[2])
+        matrix = similarity_transform(template(side), DLIB_CHIP_TEMPLATE)
         pixels = ((images.detach().float().cpu().permute(0, 2, 3, 1) + 1.0) * 127.5).round().clamp(0, 255)
         chips = [
             np.ascontiguousarray(
-                cv2.resize(p, (self.CHIP_SIZE, self.CHIP_SIZE), interpolation=cv2.INTER_LINEAR)
+                cv2.warpAffine(p, matrix, (self.CHIP_SIZE, self.CHIP_SIZE), flags=cv2.INTER_LINEAR)
             )
             for p in pixels.numpy().astype(np.uint8)
         ]

@@ -161,4 +161,4 @@ def test_dlib_encoder_separates_identities(celeba_root):
     off_diagonal = ~np.eye(len(names), dtype=bool)
     genuine, impostor = sims[same & off_diagonal].mean(), sims[~same].mean()
     print(f"dlib on CelebA crops: mean genuine cos {genuine:.3f}, impostor cos {impostor:.3f}")
-    assert genuine > impostor
+    assert genuine > impostor + 0.05
