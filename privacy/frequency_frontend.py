@@ -313,43 +313,40 @@ class FrequencyFrontend(nn.Module):
         return cols.contiguous()
 
     def _separable_inplace(self, planes: torch.Tensor) -> torch.Tensor:
-        """Forward without autograd: rows by one small matmul, columns by a banded pass, per plane.
+        """Forward without autograd: two banded passes per plane, all operands contiguous in the last axis.
 
-        ``T = A Z`` (8g x S, cheap) is computed densely; the column step then writes each of the
-        plane's 64 g^2 outputs with K multiply-adds whose operands are all contiguous along the last
-        axis. One plane at a time keeps the temporaries in cache, so the output is written once.
+        Rows: ``T[v, i, :] = sum_k a[v, i, k] Z[i + o_k, :]`` (8 g x S, small); columns:
+        ``Y[v, u, i, j] = sum_k a[u, j, k] T[v, i, j + o_k]``. One plane at a time keeps the temporaries
+        in cache, so the 64 g^2 outputs of a plane are written once (plus two in-cache updates).
         """
         dtype = planes.dtype
         n, s, g = planes.shape[0], self.input_size, self.grid
         band = self._const("fwd_band", dtype)
         offsets = self.forward_offsets
         lo, hi = -offsets[0], offsets[-1]
-        a_rows = self._dense_forward(dtype).reshape(BLOCK * g, s)  # (8g, S) = A
-        out = torch.empty(n, BLOCK, BLOCK, g, g, dtype=dtype, device=planes.device)
+        kk = len(offsets)
+        out = _empty_output((n, BLOCK, BLOCK, g, g), dtype, planes.device)
         width = lo + max(g, s) + hi
         work = torch.zeros(BLOCK, g, width, dtype=dtype, device=planes.device)
-        coef = band.permute(2, 0, 1).reshape(len(offsets), 1, BLOCK, 1, g)  # [k] -> (1, u, 1, j)
+        rows = work[:, :, lo : lo + s]  # (v, i, q') view
+        row_coef = band.permute(2, 0, 1).reshape(kk, BLOCK, g, 1)  # [k] -> (v, i, 1)
+        col_coef = band.permute(2, 0, 1).reshape(kk, 1, BLOCK, 1, g)  # [k] -> (1, u, 1, j)
+        padded = F.pad(planes, (0, 0, lo, hi + max(0, g - s)))  # (n, lo + S + hi, S)
         for p in range(n):
-            torch.matmul(a_rows, planes[p], out=work.view(BLOCK * g, width)[:, lo : lo + s])
+            for k, off in enumerate(offsets):
+                src = padded[p, None, lo + off : lo + off + g, :]  # (1, i, q')
+                if k == 0:
+                    torch.mul(src, row_coef[k], out=rows)
+                else:
+                    rows.addcmul_(src, row_coef[k])
             dst = out[p]  # (v, u, i, j)
             for k, off in enumerate(offsets):
                 src = work[:, None, :, lo + off : lo + off + g]  # (v, 1, i, j)
                 if k == 0:
-                    torch.mul(src, coef[k], out=dst)
+                    torch.mul(src, col_coef[k], out=dst)
                 else:
-                    dst.addcmul_(src, coef[k])
+                    dst.addcmul_(src, col_coef[k])
         return out
-
-    def _dense_forward(self, dtype: torch.dtype) -> torch.Tensor:
-        """The per-axis operator A as a dense (8, g, S) tensor, built from its band."""
-        s, g = self.input_size, self.grid
-        band = self._const("fwd_band", dtype)
-        dense = torch.zeros(BLOCK, g, s, dtype=dtype, device=band.device)
-        idx = torch.arange(g, device=band.device)
-        for k, off in enumerate(self.forward_offsets):
-            valid = (idx + off >= 0) & (idx + off < s)
-            dense[:, idx[valid], idx[valid] + off] = band[:, valid, k]
-        return dense
 
     # ------------------------------------------------------------------------------------------
     # inverses
@@ -419,6 +416,31 @@ class FrequencyFrontend(nn.Module):
             planes = r @ planes @ r
         image = self.from_ycbcr_shifted(planes.reshape(b, NUM_COLOURS, s, s))
         return image.clamp(-1.0, 1.0) if method == "tface" else image
+
+
+_HUGE_PAGE_MIN_BYTES = 4 << 20
+
+
+def _empty_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.empty``, except that large CPU outputs on Linux live on transparent huge pages.
+
+    The frontend writes ~9.6 MB per image; with 4 KiB pages the first-touch page faults cost about
+    as much as computing the coefficients. An anonymous mapping advised ``MADV_HUGEPAGE`` takes a
+    fault per 2 MiB instead (same values, ordinary CPU tensor; the tensor keeps the mapping alive).
+    Falls back to ``torch.empty`` wherever that is unavailable.
+    """
+    numel = math.prod(shape)
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    if device.type != "cpu" or nbytes < _HUGE_PAGE_MIN_BYTES:
+        return torch.empty(shape, dtype=dtype, device=device)
+    try:
+        import mmap
+
+        buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        buffer.madvise(mmap.MADV_HUGEPAGE)
+        return torch.frombuffer(buffer, dtype=dtype, count=numel).view(shape)
+    except (AttributeError, OSError, ValueError):
+        return torch.empty(shape, dtype=dtype, device=device)
 
 
 def reference_block_dct(images: torch.Tensor, upsample: int = 8) -> torch.Tensor:
