@@ -183,6 +183,8 @@ class FrequencyFrontend(nn.Module):
         self.input_size = int(input_size)
         self.upsample = int(upsample)
         self.mode = mode
+        #: colour planes per banded pass of the no-grad forward (3 = one image; see _separable_inplace)
+        self.planes_per_step = 3
         ops = _axis_operators(self.input_size, self.upsample, mode == "tface")
         self.grid = int(ops["nb"])
         self.forward_offsets, fwd = ops["forward"]
@@ -327,21 +329,23 @@ class FrequencyFrontend(nn.Module):
         kk = len(offsets)
         out = _empty_output((n, BLOCK, BLOCK, g, g), dtype, planes.device)
         width = lo + max(g, s) + hi
-        work = torch.zeros(BLOCK, g, width, dtype=dtype, device=planes.device)
-        rows = work[:, :, lo : lo + s]  # (v, i, q') view
-        row_coef = band.permute(2, 0, 1).reshape(kk, BLOCK, g, 1)  # [k] -> (v, i, 1)
-        col_coef = band.permute(2, 0, 1).reshape(kk, 1, BLOCK, 1, g)  # [k] -> (1, u, 1, j)
+        chunk = max(1, int(self.planes_per_step))
+        work = torch.zeros(chunk, BLOCK, g, width, dtype=dtype, device=planes.device)
+        row_coef = band.permute(2, 0, 1).reshape(kk, 1, BLOCK, g, 1)  # [k] -> (1, v, i, 1)
+        col_coef = band.permute(2, 0, 1).reshape(kk, 1, 1, BLOCK, 1, g)  # [k] -> (1, 1, u, 1, j)
         padded = F.pad(planes, (0, 0, lo, hi + max(0, g - s)))  # (n, lo + S + hi, S)
-        for p in range(n):
+        for p0 in range(0, n, chunk):
+            c = min(chunk, n - p0)
+            rows = work[:c, :, :, lo : lo + s]  # (c, v, i, q') view
             for k, off in enumerate(offsets):
-                src = padded[p, None, lo + off : lo + off + g, :]  # (1, i, q')
+                src = padded[p0 : p0 + c, None, lo + off : lo + off + g, :]  # (c, 1, i, q')
                 if k == 0:
                     torch.mul(src, row_coef[k], out=rows)
                 else:
                     rows.addcmul_(src, row_coef[k])
-            dst = out[p]  # (v, u, i, j)
+            dst = out[p0 : p0 + c]  # (c, v, u, i, j)
             for k, off in enumerate(offsets):
-                src = work[:, None, :, lo + off : lo + off + g]  # (v, 1, i, j)
+                src = work[:c, :, None, :, lo + off : lo + off + g]  # (c, v, 1, i, j)
                 if k == 0:
                     torch.mul(src, col_coef[k], out=dst)
                 else:
