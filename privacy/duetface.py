@@ -47,6 +47,7 @@ from torch import nn
 from facesynth.pipelines.errors import ConfigError, FacesynthError
 from facesynth.privacy.api import PrivacyMethod, register_privacy_method
 from facesynth.privacy.channel_policies import DUETFACE_CLIENT, SplitPolicy
+from facesynth.privacy.payload import Payload
 from facesynth.privacy.roi_mask import roi_mask_from_landmarks
 
 STAGES = ("client", "server")
@@ -283,7 +284,12 @@ class DuetFace(PrivacyMethod):
         return masks
 
     @torch.no_grad()
-    def protect(self, images: torch.Tensor, seed=None, landmarks: torch.Tensor | None = None):
+    def protect(
+        self,
+        images: torch.Tensor,
+        seed: int | torch.Generator | None = None,
+        landmarks: torch.Tensor | None = None,
+    ) -> Payload:
         """Client side; ``landmarks`` (B, K, 2) pixel coordinates set the ROI (default: template)."""
         self._landmarks = None if landmarks is None else torch.as_tensor(landmarks)
         try:
