@@ -30,6 +30,7 @@ Choices and deviations from TFace (``dctdp/``), all options:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -85,6 +86,8 @@ class DCTDP(PrivacyMethod):
 
     Args:
         epsilon_mean: mean per-coefficient budget (paper headline 0.5; TFace code default 4).
+        epsilon_total: the total budget sum(eps_i) instead (overrides ``epsilon_mean``:
+            ``epsilon_mean = epsilon_total / (189 * g * g)``).
         per_sample_noise: independent noise per image (True) or TFace's one draw per batch (False).
         learn_locs: learn the noise location (TFace) or keep zero-mean noise.
         aux_loss_weight: weight of ``-log(mean b)`` (TFace defines it, never uses it: 0).
@@ -100,6 +103,7 @@ class DCTDP(PrivacyMethod):
         backbone_kwargs: Mapping[str, Any] | None = None,
         *,
         epsilon_mean: float = 0.5,
+        epsilon_total: float | None = None,
         per_sample_noise: bool = True,
         learn_locs: bool = True,
         aux_loss_weight: float = 0.0,
@@ -118,7 +122,12 @@ class DCTDP(PrivacyMethod):
             eval_seed=eval_seed,
         )
         g = self.frontend.grid
-        self.noise = NoisyActivation((self.policy.num_channels, g, g), epsilon_mean, learn_locs)
+        shape = (self.policy.num_channels, g, g)
+        if epsilon_total is not None:
+            if not epsilon_total > 0:
+                raise ConfigError(f"dctdp: epsilon_total must be > 0, got {epsilon_total}")
+            epsilon_mean = float(epsilon_total) / math.prod(shape)
+        self.noise = NoisyActivation(shape, epsilon_mean, learn_locs)
         self.per_sample_noise = bool(per_sample_noise)
         self.aux_loss_weight = float(aux_loss_weight)
         self.noise_lr_multiplier = float(noise_lr_multiplier)

@@ -28,6 +28,14 @@ def test_budgets_keep_their_mean_and_set_the_scale() -> None:
         NoisyActivation((2,), epsilon_mean=0.0)
 
 
+def test_total_budget_option() -> None:
+    method = build_method("dctdp", "tiny", SMALL, epsilon_total=1000.0)
+    assert torch.isclose(method.noise.budgets().sum(), torch.tensor(1000.0), rtol=1e-4)
+    assert method.noise.epsilon_mean == pytest.approx(1000.0 / (189 * 16 * 16))
+    with pytest.raises(ConfigError, match="epsilon_total"):
+        build_method("dctdp", "tiny", SMALL, epsilon_total=-1.0)
+
+
 def test_laplace_noise_statistics() -> None:
     gen = torch.Generator().manual_seed(0)
     x = laplace_noise((200_000,), torch.empty(0), gen)
