@@ -169,7 +169,9 @@ class PartialFacePolicy(ChannelPolicy):
         subsets: selection table S, positions 0..53 in the kept (ascending-k) frequencies; TFace's six
             subsets of nine by default.
         permutations: permutation table P over the ``subset_size`` slots; output slot t carries subset
-            entry ``perm[t]`` (a gather). TFace's three by default.
+            entry ``perm[t]`` (a gather). TFace's three by default. Whether TFace gathers or scatters
+            is unverified here; the two differ by inverting each permutation, which changes nothing
+            for a model trained with this code (only the slot order a TFace checkpoint expects).
         pruned: the pruned frequencies (the v + u <= 3 triangle).
         subsets_per_identity: r, how many subsets each identity may use in training when the draw is
             label-conditioned (TFace: 3 of 6, chosen by ``label mod C(6, 3)`` from the lexicographic
