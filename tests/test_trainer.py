@@ -227,3 +227,26 @@ def test_lr_and_decay_defaults():
         5.0,
     )
     assert np.isclose(sgd.sample_rate, 1.0)
+
+
+def test_periodic_verification_on_a_benchmark_file(faces, tmp_path):
+    from facesynth.pipelines.shard_reader import ShardDataset
+    from facesynth.recognizers.benchmark_files import write_bin
+
+    by_label: dict[int, list[np.ndarray]] = {}
+    for row in ShardDataset(faces, shuffle=False):
+        image = ((row["image"].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+        by_label.setdefault(int(row["label"]), []).append(image)
+    images, issame = [], []
+    for i in range(20):  # alternate genuine and impostor pairs
+        label = i % 6
+        other = label if i % 2 == 0 else (label + 1) % 6
+        images += [by_label[label][0], by_label[other][1 + i // 6]]
+        issame.append(i % 2 == 0)
+    bench = write_bin(tmp_path / "mini.bin", images, issame)
+    out = tmp_path / "eval"
+    result = train_recognizer(small_config([faces], out, max_steps=4, eval_every=2, benchmarks=[str(bench)]))
+    logged = read_csv(out / "eval_log.csv")
+    assert [int(r["step"]) for r in logged] == [2, 4]
+    assert all(r["benchmark"] == "mini" and 0.0 <= float(r["accuracy"]) <= 1.0 for r in logged)
+    assert [e["step"] for e in result.evaluations] == [2, 4]
