@@ -26,7 +26,7 @@ depends on the machine; on a busy shared 2-core box a step costs several times m
 one. A short-budget run gives noisier, weaker numbers.
 
     python -m facesynth.benchmarks.experiment_id3_parametric --minutes 30 --out runs/exp-id3
-    python -m facesynth.benchmarks.experiment_id3_parametric --minutes 10 --size 16 --recognizer-size 32
+    python -m facesynth.benchmarks.experiment_id3_parametric --minutes 30 --size 32 --recognizer-size 56  # larger
     python -m facesynth.benchmarks.experiment_id3_parametric --smoke --minutes 0.3 --size 16   # seconds
 """
 
@@ -428,10 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/experiment_id3_parametric"))
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget scale (30 = full run)")
     parser.add_argument("--kappa", type=float, default=30.0, help="id_guidance for the kappa > 0 rows")
-    parser.add_argument("--size", type=int, default=32, help="ID3 image size (pixel space)")
+    parser.add_argument("--size", type=int, default=16, help="ID3 image size (pixel space, default 16)")
     parser.add_argument("--sample-steps", type=int, default=20, help="DDIM steps when sampling")
     parser.add_argument("--unet-preset", default="tiny", help="ID3 UNet preset (default tiny)")
-    parser.add_argument("--recognizer-size", type=int, default=56, help="recognizer input side (default 56)")
+    parser.add_argument("--recognizer-size", type=int, default=32, help="recognizer input side (default 32)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy box)")
     parser.add_argument(
         "--smoke",
