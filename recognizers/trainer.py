@@ -135,6 +135,8 @@ class TrainResult:
     images_per_second: float
     final_loss: float
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    #: False on the other processes of a distributed run (they print nothing)
+    is_main_process: bool = True
 
 
 def resolve_sources(sources: Sequence[str]) -> tuple[list[str], list[int], int]:
@@ -358,7 +360,13 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                     raise FacesynthError(
                         f"{checkpoint}: checkpoint does not match this model ({exc})"
                     ) from None
-                tensors = load_file(str(checkpoint / pfc_file), device=str(accelerator.device))
+                try:
+                    tensors = load_file(str(checkpoint / pfc_file))
+                except FileNotFoundError:
+                    raise FacesynthError(
+                        f"{checkpoint}: {pfc_file} is missing (incomplete checkpoint)"
+                    ) from None
+                tensors = {k: v.to(accelerator.device) for k, v in tensors.items()}
                 with torch.no_grad():
                     partial_fc.weight.copy_(tensors.pop("weight"))
                 inner = getattr(optimizer, "optimizer", optimizer)
@@ -545,7 +553,7 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
         accelerator.wait_for_everyone()
         speed = run_images / total_time if step > run_start_step and total_time > 0 else 0.0
         logger.info("finished at step %d: loss %.4f, %.1f images/s", step, last_loss, speed)
-        return TrainResult(run_dir, step, num_classes, speed, last_loss, evaluations)
+        return TrainResult(run_dir, step, num_classes, speed, last_loss, evaluations, main)
     finally:
         if main:
             for h in list(logging.getLogger("facesynth").handlers):

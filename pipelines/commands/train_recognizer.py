@@ -132,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         source="facesynth train-recognizer",
     )
     result = train_recognizer(config)
+    if not result.is_main_process:
+        return 0
     print(
         f"{result.run_dir}: {result.steps} steps on {result.num_classes} classes, "
         f"final loss {result.final_loss:.4f}, {result.images_per_second:.1f} images/s"
