@@ -54,7 +54,13 @@ from facesynth.generators.identity_sampling import (
     load_attribute_sampler,
     make_anchors,
 )
-from facesynth.generators.registry import FaceGenerator, GeneratedFace, SampleRequest, register_generator
+from facesynth.generators.registry import (
+    FaceGenerator,
+    GeneratedFace,
+    SampleRequest,
+    checked_dataset_args,
+    register_generator,
+)
 from facesynth.pipelines.config import StageConfig
 from facesynth.pipelines.errors import ConfigError, FacesynthError
 from facesynth.pipelines.shard_format import IMAGE_SIZE
@@ -161,14 +167,7 @@ class ID3Generator(FaceGenerator):
     def __init__(self, num_identities: int, seed: int, device: Any = "cpu", **options: Any):
         from facesynth.generators.id3_pipeline import ID3Pipeline
 
-        if (
-            isinstance(num_identities, bool)
-            or not isinstance(num_identities, (int, np.integer))
-            or num_identities < 1
-        ):
-            raise ConfigError(
-                f"id3 generator: num_identities must be a positive integer, got {num_identities!r}"
-            )
+        num_identities, seed = checked_dataset_args("id3", num_identities, seed)
         self.options = ID3Options.from_mapping(dict(options), source="id3 generator options")
         opts = self.options
         check_cos_band(opts.cos_lb, opts.cos_ub)

@@ -55,24 +55,22 @@ import numpy as np
 from pydantic import Field
 from scipy.ndimage import gaussian_filter
 
-from facesynth.generators.registry import FaceGenerator, GeneratedFace, SampleRequest, register_generator
+from facesynth.generators.registry import (
+    FaceGenerator,
+    GeneratedFace,
+    SampleRequest,
+    checked_dataset_args,
+    register_generator,
+)
 from facesynth.pipelines.config import StageConfig
-from facesynth.pipelines.errors import ConfigError, FacesynthError
+from facesynth.pipelines.errors import FacesynthError
+from facesynth.recognizers.alignment import ARCFACE_TEMPLATE
 
 #: Bump when a change alters the pixels a given request produces (it is part of ``config()``).
 RENDERER_VERSION = 1
 
-#: ArcFace 112x112 five-point template: left eye, right eye, nose tip, left / right mouth corner.
-ARCFACE_TEMPLATE_112 = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float64,
-)
+#: ArcFace 112x112 five-point template (the one alignment warps real faces onto).
+ARCFACE_TEMPLATE_112 = ARCFACE_TEMPLATE
 #: Head-frame origin in 112x112 template pixels. Head-frame units are template pixels at 112x112.
 HEAD_CENTRE_112 = (56.0, 62.0)
 ATTRIBUTE_RANGES = {"yaw": (-60.0, 60.0), "pitch": (-30.0, 30.0), "roll": (-25.0, 25.0), "age": (10.0, 90.0)}
@@ -1269,19 +1267,8 @@ class ParametricRenderer(FaceGenerator):
     embedding_dim = None
 
     def __init__(self, num_identities: int, seed: int, device: Any = "cpu", **options: Any):
-        if (
-            isinstance(num_identities, bool)
-            or not isinstance(num_identities, (int, np.integer))
-            or num_identities < 1
-        ):
-            raise ConfigError(
-                f"parametric generator: num_identities must be a positive integer, got {num_identities!r}"
-            )
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ConfigError(f"parametric generator: seed must be an integer, got {seed!r}")
+        self.num_identities, self.seed = checked_dataset_args("parametric", num_identities, seed)
         self.options = ParametricOptions.from_mapping(dict(options), source="parametric generator options")
-        self.num_identities = int(num_identities)
-        self.seed = int(seed)
         self.device = device
         self.batch_size = self.options.batch_size
         self._identities: dict[int, IdentityParams] = {}

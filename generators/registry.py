@@ -105,6 +105,21 @@ def build_generator(
         raise ConfigError(f"generator {name!r}: bad options {sorted(options)} ({exc})") from None
 
 
+def checked_dataset_args(generator: str, num_identities: Any, seed: Any) -> tuple[int, int]:
+    """Validate the two arguments every generator constructor takes; clear errors name the generator."""
+    if (
+        isinstance(num_identities, bool)
+        or not isinstance(num_identities, (int, np.integer))
+        or num_identities < 1
+    ):
+        raise ConfigError(
+            f"{generator} generator: num_identities must be a positive integer, got {num_identities!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"{generator} generator: seed must be a non-negative integer, got {seed!r}")
+    return int(num_identities), int(seed)
+
+
 def sample_seed(global_seed: int, label: int, index: int) -> int:
     """The seed of image ``index`` of class ``label``: a pure function of the three numbers."""
     state = np.random.SeedSequence([int(global_seed) & 0xFFFFFFFF, int(label), int(index)]).generate_state(2)
