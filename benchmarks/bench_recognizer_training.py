@@ -5,7 +5,8 @@ the same model; only the batch source differs. Streaming uses the trainer's data
 (``ShardDataset`` -> ``DataLoader`` workers -> ``exact_batches``), decoding PNGs on the fly; the
 baseline indexes a tensor of already-decoded images. The printed ratio (target >= 0.9 on CPU) says
 how much the data path costs. The two loops alternate (A B A B ...) so that load from other programs
-hits both alike.
+hits both alike. The trainer starts fresh DataLoader workers every epoch (so each epoch reshuffles), and
+that start-up is part of the streaming cost: on tiny datasets (a few steps per epoch) it dominates.
 
     python -m facesynth.benchmarks.bench_recognizer_training            # procedural faces, tiny backbone
     python -m facesynth.benchmarks.bench_recognizer_training --data runs/param100 --backbone r18
@@ -48,12 +49,12 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, default=None, help="shard folder (default: make procedural faces)"
     )
-    parser.add_argument("--identities", type=int, default=16)
-    parser.add_argument("--per-identity", type=int, default=16)
+    parser.add_argument("--identities", type=int, default=32)
+    parser.add_argument("--per-identity", type=int, default=24)
     parser.add_argument("--backbone", default="tiny")
     parser.add_argument("--input-size", type=int, default=112)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per round and source")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per round and source")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers for streaming")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
