@@ -12,6 +12,7 @@ ran out of data early.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from facesynth.pipelines.errors import ShardError
 from facesynth.pipelines.shard_format import DATA_DIR, check_schema, decode_image, read_schema
+
+logger = logging.getLogger(__name__)
 
 Source = str | os.PathLike
 
@@ -93,6 +96,8 @@ class ShardDataset(IterableDataset):
     Each item has ``image`` (float32 (3,H,W) in [-1,1]) and ``label`` (int64 tensor), plus any extra
     ``columns`` requested (``embedding`` as a float32 tensor; others as Python values).
     ``label_offsets`` shifts each source's labels (used to mix datasets with distinct classes).
+    An image that does not decode is skipped, logged with its file and row, and counted in the
+    summary logged when the pass ends (``skip_bad_images=False`` raises instead).
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class ShardDataset(IterableDataset):
         even_split: bool = True,
         label_offsets: Sequence[int] | None = None,
         decode_images: bool = True,
+        skip_bad_images: bool = True,
     ) -> None:
         if isinstance(sources, (str, os.PathLike)):
             sources = [sources]
@@ -121,6 +127,7 @@ class ShardDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed, self.buffer_size = shuffle, seed, buffer_size
         self.epoch, self.even_split, self.decode_images = epoch, even_split, decode_images
+        self.skip_bad_images = skip_bad_images
         self.units: list[_Unit] = []
         for source, offset in zip(sources, offsets, strict=True):
             for file in dataset_files(source):
@@ -202,6 +209,7 @@ class ShardDataset(IterableDataset):
         if self.decode_images:
             wanted.insert(0, "image")
         wanted = list(dict.fromkeys(wanted))
+        skipped = 0
         for unit in units:
             try:
                 table = pq.ParquetFile(unit.file).read_row_group(unit.row_group, columns=wanted)
@@ -213,16 +221,20 @@ class ShardDataset(IterableDataset):
                     "label": torch.tensor(data["label"][i] + unit.label_offset, dtype=torch.int64)
                 }
                 if self.decode_images:
-                    cell = data["image"][i]
                     try:
-                        item["image"] = image_to_tensor(decode_image(cell["bytes"]))
-                    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad shard
-                        raise ShardError(
-                            f"{unit.file}: row group {unit.row_group} row {i}: undecodable image ({exc})"
-                        ) from None
+                        item["image"] = image_to_tensor(decode_image(data["image"][i]["bytes"]))
+                    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad image
+                        where = f"{unit.file}: row group {unit.row_group} row {i}"
+                        if not self.skip_bad_images:
+                            raise ShardError(f"{where}: undecodable image ({exc})") from None
+                        skipped += 1
+                        logger.warning("%s: skipping undecodable image (%s)", where, exc)
+                        continue
                 for column in self.columns:
                     value = data[column][i]
                     if column == "embedding" and value is not None:
                         value = torch.tensor(value, dtype=torch.float32)
                     item[column] = value
                 yield item
+        if skipped:
+            logger.warning("skipped %d undecodable image(s) in this pass (see the warnings above)", skipped)

@@ -81,3 +81,23 @@ def test_read_columns_and_errors(dataset, tmp_path_factory):
     empty = tmp_path_factory.mktemp("empty")
     with pytest.raises(ShardError, match="no Parquet shards"):
         ShardDataset(empty)
+
+
+def test_undecodable_image_is_skipped_and_logged_or_raised(tmp_path, caplog):
+    rows = [
+        ShardRow(image=np.full((112, 112, 3), i, np.uint8), label=i, identity=str(i), index=0)
+        for i in range(4)
+    ]
+    table = rows_to_table(rows, None)
+    images = table["image"].to_pylist()
+    images[2] = {"bytes": b"\x89PNG broken", "path": None}
+    import pyarrow as pa
+
+    table = table.set_column(0, "image", pa.array(images, type=table.schema.field("image").type))
+    write_shard(tmp_path / shard_name(0, 1), table)
+    with caplog.at_level("WARNING"):
+        labels = sorted(int(item["label"]) for item in ShardDataset(tmp_path, shuffle=False))
+    assert labels == [0, 1, 3]
+    assert "row 2: skipping undecodable image" in caplog.text and "skipped 1 undecodable" in caplog.text
+    with pytest.raises(ShardError, match="row 2: undecodable image"):
+        list(ShardDataset(tmp_path, shuffle=False, skip_bad_images=False))
