@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import queue
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +37,7 @@ from facesynth.pipelines.shard_format import (
     DATA_DIR,
     ShardRow,
     check_schema,
-    encode_image,
+    encode_images,
     read_schema,
     rows_to_table,
     shard_name,
@@ -179,23 +180,29 @@ def identity_name(config: GenerateConfig, label: int) -> str:
 
 
 class _ShardWriter:
-    """Encodes images on a thread pool and writes finished shards on a background thread.
+    """Encodes images in a helper process and writes finished shards on a background thread.
 
-    Generation (the caller) runs ahead while PNG/JPEG encoding and Parquet writing happen
-    behind it; ``close`` waits for everything and re-raises the first error.
+    Generation (the caller) runs ahead while PNG/JPEG encoding and Parquet writing happen behind
+    it. Encoding runs in its own process because Pillow's encoders hold the GIL: in a thread they
+    would stall a CPU-bound generator. ``close`` waits for everything and re-raises the first error.
     """
 
-    def __init__(self, config: GenerateConfig, out: Path, embedding_dim: int | None, encode_threads: int = 2):
+    def __init__(
+        self, config: GenerateConfig, out: Path, embedding_dim: int | None, encode_processes: int = 1
+    ):
         self.config, self.out, self.embedding_dim = config, out, embedding_dim
-        self.encoder_pool = ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="encode")
+        self.encoder_pool = ProcessPoolExecutor(
+            max_workers=encode_processes, mp_context=multiprocessing.get_context("spawn")
+        )
+        self.encoder_pool.submit(encode_images, [], config.image_format)  # start the process now
         self.jobs: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name="shard-writer", daemon=True)
         self.thread.start()
 
-    def encode_async(self, images: list) -> list:
-        fmt = self.config.image_format
-        return [self.encoder_pool.submit(encode_image, image, fmt) for image in images]
+    def encode_async(self, images: list) -> Future:
+        """Start encoding one batch; the future yields its bytes in order."""
+        return self.encoder_pool.submit(encode_images, images, self.config.image_format)
 
     def submit(self, plan: ShardPlan, rows: list[ShardRow], encoded: list) -> None:
         if self.error:
@@ -211,8 +218,9 @@ class _ShardWriter:
                 continue
             plan, rows, encoded = job
             try:
-                for row, future in zip(rows, encoded, strict=True):
-                    row.image = future.result()
+                images = [data for future in encoded for data in future.result()]
+                for row, data in zip(rows, images, strict=True):
+                    row.image = data
                 path = self.out / plan.file
                 write_shard(path, rows_to_table(rows, self.embedding_dim, self.config.image_format))
                 record = ShardRecord(
@@ -247,7 +255,7 @@ def _generate_shard(
             raise FacesynthError(
                 f"generator {config.generator!r} returned {len(faces)} faces for {len(batch)} requests"
             )
-        encoded.extend(writer.encode_async([face.image for face in faces]))
+        encoded.append(writer.encode_async([face.image for face in faces]))
         for request, face in zip(batch, faces, strict=True):
             rows.append(
                 ShardRow(

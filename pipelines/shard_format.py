@@ -92,6 +92,11 @@ def encode_image(image: np.ndarray | PILImage.Image, image_format: str = "png", 
     return buffer.getvalue()
 
 
+def encode_images(images: Sequence[np.ndarray], image_format: str = "png") -> list[bytes]:
+    """Encode a batch of images (a picklable unit of work for an encoder process)."""
+    return [encode_image(image, image_format) for image in images]
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """Decode PNG/JPEG bytes into an HxWx3 uint8 array."""
     with PILImage.open(io.BytesIO(data)) as pil:
