@@ -30,8 +30,6 @@ import csv
 import json
 import logging
 import math
-import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,14 +46,13 @@ from facesynth.generators.attributes import attributes_to_array, normalize_attri
 from facesynth.generators.id3_condition_encoder import ID3ConditionEncoder
 from facesynth.generators.id3_loss import ID3LossConfig, id3_loss, require_differentiable
 from facesynth.generators.id3_unet import build_id3_unet
+from facesynth.pipelines.checkpoints import TRAINER_STATE, find_checkpoint, prune_checkpoints
 from facesynth.pipelines.config import StageConfig
 from facesynth.pipelines.errors import ConfigError, FacesynthError, ShardError
 
 logger = logging.getLogger("facesynth.id3_trainer")
 
-TRAINER_STATE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 LOG_FIELDS = (
     "step",
     "epoch",
@@ -211,29 +208,6 @@ def _fixed_conditions(sources: list[str], count: int) -> tuple[torch.Tensor, np.
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def find_checkpoint(run_dir: Path, spec: str) -> Path | None:
-    """The checkpoint folder ``spec`` names ('latest' -> the highest complete one, or None)."""
-    if spec != "latest":
-        path = Path(spec)
-        if not (path / TRAINER_STATE).is_file():
-            raise FacesynthError(f"{path}: not a complete checkpoint (no {TRAINER_STATE})")
-        return path
-    folder = run_dir / "checkpoints"
-    found = [
-        (int(m.group(1)), p)
-        for p in (folder.iterdir() if folder.is_dir() else [])
-        if (m := CHECKPOINT_PATTERN.match(p.name)) and (p / TRAINER_STATE).is_file()
-    ]
-    return max(found)[1] if found else None
-
-
-def _prune_checkpoints(run_dir: Path, keep: int) -> None:
-    folder = run_dir / "checkpoints"
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)))
-    for _, path in found[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def save_grid(images: np.ndarray, path: Path, columns: int = 8) -> None:
     """(N, H, W, 3) floats in [0, 1] -> one PNG grid (written atomically)."""
     from PIL import Image
@@ -605,7 +579,7 @@ def _save_checkpoint(
         tmp = path / (TRAINER_STATE + ".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(path / TRAINER_STATE)
-        _prune_checkpoints(run_dir, keep)
+        prune_checkpoints(run_dir / "checkpoints", keep)
     accelerator.wait_for_everyone()
 
 

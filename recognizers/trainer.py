@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import re
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,13 +43,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from facesynth.pipelines.checkpoints import TRAINER_STATE, find_checkpoint, prune_checkpoints
 from facesynth.pipelines.config import StageConfig
 from facesynth.pipelines.errors import ConfigError, FacesynthError, ShardError
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-TRAINER_STATE = "trainer_state.json"
 
 
 class RecognizerTrainConfig(StageConfig):
@@ -208,22 +205,6 @@ def exact_batches(loader: Iterable[dict[str, Any]], batch_size: int) -> Iterator
         while pending["label"].shape[0] >= batch_size:
             yield {k: v[:batch_size] for k, v in pending.items()}
             pending = {k: v[batch_size:] for k, v in pending.items()}
-
-
-def find_checkpoint(run_dir: Path, spec: str) -> Path | None:
-    """The checkpoint folder ``spec`` names ('latest' -> the highest complete step, or None)."""
-    if spec != "latest":
-        path = Path(spec)
-        if not (path / TRAINER_STATE).is_file():
-            raise FacesynthError(f"{path}: not a complete checkpoint (no {TRAINER_STATE})")
-        return path
-    folder = run_dir / "checkpoints"
-    found = [
-        (int(m.group(1)), p)
-        for p in (folder.iterdir() if folder.is_dir() else [])
-        if (m := CHECKPOINT_PATTERN.match(p.name)) and (p / TRAINER_STATE).is_file()
-    ]
-    return max(found)[1] if found else None
 
 
 class _CsvLog:
@@ -426,13 +407,7 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                 if folder.exists():
                     shutil.rmtree(folder)
                 partial.rename(folder)
-                done = sorted(
-                    (int(m.group(1)), p)
-                    for p in folder.parent.iterdir()
-                    if (m := CHECKPOINT_PATTERN.match(p.name))
-                )
-                for _, old in done[: -config.keep_checkpoints]:
-                    shutil.rmtree(old, ignore_errors=True)
+                prune_checkpoints(folder.parent, config.keep_checkpoints)
             accelerator.wait_for_everyone()
 
         def evaluate_now(at_step: int) -> None:
