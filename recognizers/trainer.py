@@ -24,11 +24,13 @@ Run folder (``output_dir``):
   Resuming continues the same run exactly (same data order, augmentation, LR, RNG), on the same number
   of processes;
 - ``backbone.safetensors`` + ``backbone_config.json`` (what the identity encoders load) and
-  ``method.safetensors`` + ``method_config.json`` (the whole method, for privacy variants).
+  ``method.safetensors`` + ``method_config.json`` (the whole method, for privacy variants);
+- ``backbone.onnx`` (plain method, dynamic batch, checked against torch) for onnxruntime/insightface.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -100,6 +102,10 @@ class RecognizerTrainConfig(StageConfig):
     eval_batch_size: int = Field(default=64, ge=1)
     find_unused_parameters: bool = False
     progress: bool = True
+    export_onnx: bool = Field(
+        default=True,
+        description="also write backbone.onnx (dynamic batch) for the plain method; privacy variants skip it",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RecognizerTrainConfig:
@@ -523,6 +529,11 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                 run_dir,
                 metadata={"step": step, "num_classes": num_classes, "trained_on": list(sources)},
             )
+            if config.export_onnx and config.method == "plain":
+                from facesynth.recognizers.onnx_export import export_onnx
+
+                backbone = copy.deepcopy(accelerator.unwrap_model(method).backbone)
+                export_onnx(backbone, run_dir / "backbone.onnx", input_size=tuple(input_size))
             if writer is not None:
                 writer.close()
         accelerator.wait_for_everyone()

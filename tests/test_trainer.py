@@ -98,6 +98,15 @@ def test_train_writes_weights_logs_and_checkpoints(faces, tmp_path):
     method = load_method(out)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     torch.testing.assert_close(method.embed(x), backbone(x))
+    # the ONNX export written next to the weights gives the same (normalised) embeddings
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out / "backbone.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    backbone.eval()
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(backbone(x), dim=1)
+    torch.testing.assert_close(torch.nn.functional.normalize(onnx_out, dim=1), expected, rtol=0, atol=1e-4)
 
 
 def test_resume_is_exact(faces, tmp_path):
