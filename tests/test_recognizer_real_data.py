@@ -27,6 +27,11 @@ from facesynth.recognizers.verification import kfold_accuracy
 # this recipe 0.899 / 0.869 / 0.879 with seeds 2048 / 1 / 2; 0.857-0.903 over 20 other variants (input
 # 32-64, s 16-64, shift 0-5, dropout, wider/deeper, 15-30 epochs); raw pixels 0.852. The 0.90
 # floor is therefore NOT met reliably and not asserted; the test asserts a clear win over raw pixels.
+# A second sweep (seeds 1 / 2 / 2048 unless noted) found nothing better: extra random zoom +-10 % and
+# rotation +-10 deg 0.901 / 0.880 / 0.890; plus wd 5e-3, ArcFace m 0.3, dropout 0.3 0.873 / 0.889 / 0.897;
+# batch 16 + wd 5e-3 0.884 / 0.882 / 0.882; zoom +-20 % rot 15 deg 40 epochs 0.884 / 0.872 / 0.844;
+# CosFace m 0.35 s 32 with AdamW 30 epochs 0.873 / 0.876 / 0.878; input 48, widths x2, 2 blocks per
+# stage or a 64-d embedding 0.857-0.897 (one or two seeds each). Seed spread (~0.03) exceeds every gain.
 SMALL_DATA_RECIPE = dict(
     backbone="tiny",
     input_size=32,
