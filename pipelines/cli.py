@@ -108,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for noisy in ("onnx_ir", "onnxscript", "httpx", "urllib3"):  # third-party chatter at INFO
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args._run(args) or 0)
     except FacesynthError as exc:

@@ -64,6 +64,7 @@ def export_onnx(
                 external_data=False,
                 dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
                 optimize=True,
+                verbose=False,
             )
         onnx.checker.check_model(str(tmp))
         os.replace(tmp, path)
