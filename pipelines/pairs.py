@@ -46,10 +46,12 @@ def verification_set_from_shards(
         a, b = (int(x) for x in rng.integers(0, len(labels), size=2))
         if labels[a] != labels[b]:
             impostor.add((min(a, b), max(a, b)))
-    pairs = genuine + sorted(impostor)
+    # interleave genuine and impostor pairs so that every one of the protocol's 10 contiguous folds
+    # holds both kinds in equal numbers, as LFW's pairs.txt does
+    pairs = [pair for both in zip(genuine, sorted(impostor), strict=True) for pair in both]
     images = pc.struct_field(table["image"], "bytes").to_pylist()
     sources = [images[i] for pair in pairs for i in pair]
-    issame = np.array([True] * len(genuine) + [False] * len(impostor))
+    issame = np.array([True, False] * len(genuine))
     return VerificationSet(
         name=name or Path(dataset).name, sources=sources, issame=issame, origin=str(dataset)
     )

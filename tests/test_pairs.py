@@ -34,6 +34,8 @@ def _label_of(image: np.ndarray) -> int:
 def test_pairs_are_balanced_and_correctly_labelled(tmp_path):
     pairs = verification_set_from_shards(_dataset(tmp_path, 6, 4), num_pairs=40, seed=3)
     assert pairs.num_pairs == 40 and pairs.issame.sum() == 20
+    for fold in np.array_split(pairs.issame, 10):  # every contiguous fold is balanced
+        assert fold.sum() * 2 == len(fold)
     for i, same in enumerate(pairs.issame):
         a, b = pairs.load_image(2 * i), pairs.load_image(2 * i + 1)
         assert (_label_of(a) == _label_of(b)) == bool(same)
