@@ -73,6 +73,8 @@ class IngestConfig(StageConfig):
 class ImageRef:
     where: str
     load: Callable[[], np.ndarray]
+    #: yaw/pitch/roll/age carried over from a shard source (None elsewhere: nothing estimates them)
+    attributes: dict[str, float] | None = None
 
 
 @dataclass
@@ -167,7 +169,7 @@ def _shard_source(root: Path) -> list[SourceIdentity]:
     from facesynth.pipelines.shard_reader import dataset_files, read_columns
 
     files = dataset_files(root)
-    table = read_columns(root, ["label", "identity"])
+    table = read_columns(root, ["label", "identity", "attributes"])
     cache: dict[str, Any] = {}
 
     def loader(file: Path, row: int) -> Callable[[], np.ndarray]:
@@ -184,12 +186,13 @@ def _shard_source(root: Path) -> list[SourceIdentity]:
     offset = 0
     labels = table.column("label").to_pylist()
     names = table.column("identity").to_pylist()
+    attributes = table.column("attributes").to_pylist()
     for file in files:
         rows = pq.ParquetFile(file).metadata.num_rows
         for row in range(rows):
             key = (labels[offset + row], names[offset + row])
             ident = identities.setdefault(key, SourceIdentity(key[1], []))
-            ident.images.append(ImageRef(f"{file}[{row}]", loader(file, row)))
+            ident.images.append(ImageRef(f"{file}[{row}]", loader(file, row), attributes[offset + row]))
         offset += rows
     return list(identities.values())
 
@@ -303,7 +306,15 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
                 if face is None:
                     skipped.append({"item": ref.where, "reason": "no face found"})
                     continue
-                rows.append(ShardRow(image=face.image, label=next_label, identity=identity.name, index=kept))
+                rows.append(
+                    ShardRow(
+                        image=face.image,
+                        label=next_label,
+                        identity=identity.name,
+                        index=kept,
+                        attributes=ref.attributes,
+                    )
+                )
                 kept += 1
             if kept:
                 next_label += 1

@@ -142,3 +142,22 @@ def test_ingest_cli(tmp_path, tiny_model, capsys):
     assert main(["ingest", str(src), "--out", str(tmp_path / "o4"), "--rows-per-shard", "0"]) == 2
     err = capsys.readouterr().err
     assert "ingest source not found" in err and "unknown aligner" in err and "rows_per_shard" in err
+
+
+def test_ingest_from_shards_keeps_attributes(tmp_path):
+    from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+
+    pose = [{"yaw": 10.0 * i, "pitch": -5.0, "roll": 2.0, "age": 30.0 + i} for i in range(4)]
+    rows = [
+        ShardRow(
+            image=np.full((112, 112, 3), 40 * i, np.uint8),
+            label=i // 2,
+            identity=f"p{i // 2}",
+            index=i % 2,
+            attributes=pose[i],
+        )
+        for i in range(4)
+    ]
+    write_shard(tmp_path / "src" / shard_name(0, 1), rows_to_table(rows, None))
+    ingest(IngestConfig(source=tmp_path / "src", out=tmp_path / "out"), show_progress=False)
+    assert [r["attributes"] for r in _all_rows(tmp_path / "out")] == pose
