@@ -7,7 +7,7 @@ from pathlib import Path
 
 HELP = "run the built-in demo end to end (parametric faces -> recognizer -> bench -> quality -> card)"
 DESCRIPTION = """\
-Generates 200 parametric identities x 10 images and 40 unseen identities for evaluation, trains a
+Generates 120 parametric identities x 10 images and 40 unseen identities for evaluation, trains a
 tiny IResNet with ArcFace on CPU, benchmarks it on pairs of the unseen identities, computes dataset
 quality and writes a dataset card. Needs no downloads. Rerunning resumes.
 
