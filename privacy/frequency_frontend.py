@@ -46,7 +46,9 @@ Deviations from TFace, all documented choices:
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
@@ -170,7 +172,9 @@ class FrequencyFrontend(nn.Module):
             (``align_corners=False``: one fixed 3x3 convolution; different numbers, see module doc).
 
     The operators are buffers (non-persistent), so ``.to(device)`` moves them; every method runs on
-    any device and dtype (float32/float64). The forward is differentiable when its input requires a
+    any device and dtype (float32/float64; half-precision input is computed in float32, and autocast is
+    switched off inside, since bf16/fp16 cannot hold the coefficients' range to the precision the
+    privacy methods' channel selection needs). The forward is differentiable when its input requires a
     gradient; otherwise it takes a chunked in-place path that writes each output value once.
     """
 
@@ -281,17 +285,18 @@ class FrequencyFrontend(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [-1, 1] -> (B, 192, g, g) DCT coefficients (channel 64c + 8v + u)."""
         self.check_images(images)
-        z = self.to_ycbcr_shifted(images)
-        if self.mode == "fast":
-            pad = F.pad(z, (1, 1, 1, 1), mode="replicate")
-            return F.conv2d(pad, self._const("fast_kernel", z.dtype), groups=NUM_COLOURS)
-        batch = z.shape[0]
-        planes = z.reshape(batch * NUM_COLOURS, self.input_size, self.input_size)
-        if torch.is_grad_enabled() and planes.requires_grad:
-            out = self._separable_autograd(planes)
-        else:
-            out = self._separable_inplace(planes)
-        return out.reshape(batch, NUM_CHANNELS, self.grid, self.grid)
+        with _full_precision(images) as images:
+            z = self.to_ycbcr_shifted(images)
+            if self.mode == "fast":
+                pad = F.pad(z, (1, 1, 1, 1), mode="replicate")
+                return F.conv2d(pad, self._const("fast_kernel", z.dtype), groups=NUM_COLOURS)
+            batch = z.shape[0]
+            planes = z.reshape(batch * NUM_COLOURS, self.input_size, self.input_size)
+            if torch.is_grad_enabled() and planes.requires_grad:
+                out = self._separable_autograd(planes)
+            else:
+                out = self._separable_inplace(planes)
+            return out.reshape(batch, NUM_CHANNELS, self.grid, self.grid)
 
     def _band_rows(self, planes: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
         """Apply the banded (8 x nb x K) operator along dim -2: (N, q, W) -> (N, 8, nb, W)."""
@@ -411,15 +416,23 @@ class FrequencyFrontend(nn.Module):
         if method not in DECODE_METHODS:
             raise FacesynthError(f"decode method must be one of {DECODE_METHODS}, got {method!r}")
         b, g, s = coeffs.shape[0], self.grid, self.input_size
-        c = coeffs.reshape(b * NUM_COLOURS, BLOCK, BLOCK, g, g)
-        if method == "tface":
-            planes = self._band_adjoint(c, self._const("dec_band", coeffs.dtype), self.decode_offsets)
-        else:
-            planes = self._band_adjoint(c, self._const("fwd_band", coeffs.dtype), self.forward_offsets)
-            r = self._const("gram_inv", coeffs.dtype)
-            planes = r @ planes @ r
-        image = self.from_ycbcr_shifted(planes.reshape(b, NUM_COLOURS, s, s))
-        return image.clamp(-1.0, 1.0) if method == "tface" else image
+        with _full_precision(coeffs) as coeffs:
+            c = coeffs.reshape(b * NUM_COLOURS, BLOCK, BLOCK, g, g)
+            if method == "tface":
+                planes = self._band_adjoint(c, self._const("dec_band", coeffs.dtype), self.decode_offsets)
+            else:
+                planes = self._band_adjoint(c, self._const("fwd_band", coeffs.dtype), self.forward_offsets)
+                r = self._const("gram_inv", coeffs.dtype)
+                planes = r @ planes @ r
+            image = self.from_ycbcr_shifted(planes.reshape(b, NUM_COLOURS, s, s))
+            return image.clamp(-1.0, 1.0) if method == "tface" else image
+
+
+@contextlib.contextmanager
+def _full_precision(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Autocast off, and bf16/fp16 input promoted to float32, for the span of one transform."""
+    with torch.autocast(tensor.device.type, enabled=False):
+        yield tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 _HUGE_PAGE_MIN_BYTES = 4 << 20
