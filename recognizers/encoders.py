@@ -140,7 +140,7 @@ class TorchEncoder(IdentityEncoder):
         self.model.eval()  # the probe must not touch BatchNorm running statistics
         try:
             with torch.no_grad():
-                probe = self.model(torch.zeros(2, 3, *self.input_size, device=self.device))
+                probe = self._forward(torch.zeros(2, 3, *self.input_size))
         finally:
             self.model.train(was_training)
         if probe.ndim != 2:
