@@ -77,6 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra options: backbone.KEY=V, method.KEY=V, head.KEY=V (repeatable)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--no-onnx", action="store_true", help="skip writing backbone.onnx at the end (plain method)"
+    )
+    parser.add_argument("--no-tensorboard", action="store_true", help="CSV log only, no TensorBoard events")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
             "benchmarks": [str(b) for b in args.benchmark],
             "eval_every": args.eval_every,
             "progress": not args.no_progress,
+            "export_onnx": not args.no_onnx,
+            "tensorboard": not args.no_tensorboard,
         },
         source="facesynth train-recognizer",
     )
