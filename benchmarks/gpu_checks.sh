@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# GPU checks in one short run: the gpu-marked tests, then throughput at 112x112.
+#
+#   benchmarks/gpu_checks.sh OUT_DIR SHARD_DIR
+#
+# SHARD_DIR: a parametric shard dataset for the recognizer runs, e.g.
+#   facesynth generate --generator parametric --identities 100 --per-identity 50 --image-format jpeg --out DIR
+# Writes OUT_DIR/gpu_checks.log (everything) and OUT_DIR/gpu_checks.json (the figures). Every step has
+# its own time limit and a failed step does not stop the others; the exit status is the number of
+# failed steps. Figures: ID3 training steps/s and sampling images/s (bf16, base UNet, r50 encoder
+# with random weights), recognizer training images/s streaming from shards (r50 + ArcFace, batch
+# 128) for each precision and privacy method, frequency-frontend and Tammes-solver times.
+set -u
+out=${1:?usage: gpu_checks.sh OUT_DIR SHARD_DIR}
+data=${2:?usage: gpu_checks.sh OUT_DIR SHARD_DIR}
+mkdir -p "$out"
+log="$out/gpu_checks.log"
+json="$out/gpu_checks.json"
+work=$(mktemp -d)
+py=${PYTHON:-python3}
+failed=0
+: >"$log"
+echo "{}" >"$json"
+
+step() { # step NAME LIMIT_S CMD...: run, log, report rc and wall time; output kept in $work/NAME.out
+  local name=$1 limit=$2 start rc
+  shift 2
+  start=$(date +%s%N)
+  echo "=== $name" | tee -a "$log"
+  timeout "$limit" "$@" >"$work/$name.out" 2>&1
+  rc=$?
+  cat "$work/$name.out" >>"$log"
+  echo "=== $name: rc=$rc in $((($(date +%s%N) - start) / 1000000)) ms" | tee -a "$log"
+  [ "$rc" -eq 0 ] || failed=$((failed + 1))
+}
+
+record() { # record KEY [VALUE]: add VALUE (JSON), or the JSON lines step KEY printed, to the summary
+  "$py" - "$json" "$1" "${2-}" "$work/$1.out" <<'PY'
+import json, os, sys
+path, key, value, output = sys.argv[1:]
+if not value:
+    lines = open(output).read().splitlines() if os.path.exists(output) else []
+    found = [json.loads(line) for line in lines if line.startswith("{")]
+    value = json.dumps([{k: v for k, v in f.items() if k != "history"} for f in found])
+data = json.load(open(path))
+data[key] = json.loads(value)
+json.dump(data, open(path, "w"), indent=1)
+PY
+}
+
+step environment 60 bash -c "nvidia-smi -L; $py -c 'import torch, diffusers, accelerate; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(), diffusers.__version__, accelerate.__version__)'"
+
+step gpu_tests 150 "$py" -m pytest -q -p no:cacheprovider -n 6 tests/test_gpu.py
+
+step id3_train_and_sample 150 "$py" -m facesynth.benchmarks.bench_id3_gpu --preset base --size 112
+record id3_train_and_sample
+
+for run in plain:bf16 plain:fp16 plain:no dctdp:bf16 duetface:bf16 partialface:bf16 minusface:bf16; do
+  method=${run%%:*} precision=${run##*:}
+  step "recognizer_${method}_${precision}" 60 "$py" -m facesynth train-recognizer --no-onnx --no-tensorboard \
+    --data "$data" --output-dir "$work/rec-$method-$precision" --privacy "$method" --backbone r50 \
+    --mixed-precision "$precision" --batch-size 128 --max-steps 60 --log-every 20 --num-workers 8 --no-progress
+  csv="$work/rec-$method-$precision/train_log.csv"
+  [ -f "$csv" ] && record "recognizer_${method}_${precision}_images_per_s" "$("$py" -c '
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+print(rows[-1]["images_per_s"])' "$csv")"
+done
+
+step frequency_frontend 90 "$py" -m facesynth.benchmarks.bench_frequency_frontend --device cuda --batch 128
+step tammes_10k_512d 120 "$py" -m facesynth.benchmarks.bench_tammes --device cuda --n 10000 --dim 512 --json
+record tammes_10k_512d
+step tammes_100k_512d 240 "$py" -m facesynth.benchmarks.bench_tammes --device cuda --n 100000 --dim 512 --json
+record tammes_100k_512d
+
+cat "$json"
+rm -rf "$work"
+exit "$failed"
