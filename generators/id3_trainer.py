@@ -230,7 +230,6 @@ def save_grid(images: np.ndarray, path: Path, columns: int = 8) -> None:
 # ------------------------------------------------------------------------------------------ training
 def train_id3(config: ID3TrainConfig, identity_encoder: Any | None = None) -> ID3TrainResult:
     """Train ID3 as configured; ``identity_encoder`` overrides ``config.identity_encoder`` (library use)."""
-    from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
     from diffusers.optimization import get_scheduler
@@ -238,12 +237,13 @@ def train_id3(config: ID3TrainConfig, identity_encoder: Any | None = None) -> ID
     from tqdm.auto import tqdm
 
     from facesynth.generators.id3_pipeline import ID3Pipeline
+    from facesynth.pipelines.accelerator import make_accelerator
     from facesynth.pipelines.shard_reader import ShardDataset
 
     run_dir = Path(config.output_dir)
-    accelerator = Accelerator(
+    accelerator = make_accelerator(
+        config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
         project_config=ProjectConfiguration(project_dir=str(run_dir)),
     )
     main = accelerator.is_main_process

@@ -260,20 +260,20 @@ def _optimizer_state_tensors(
 
 def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
     """Train a recognizer as configured; returns a summary (the main process has the eval results)."""
-    from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
     from safetensors.torch import load_file, save_file
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from facesynth.pipelines.accelerator import make_accelerator
     from facesynth.pipelines.shard_reader import ShardDataset
     from facesynth.recognizers.heads import build_head
     from facesynth.recognizers.methods import build_method, save_method
     from facesynth.recognizers.partial_fc import PartialFC
 
     run_dir = Path(config.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
+    accelerator = make_accelerator(
+        config.mixed_precision,
         project_config=ProjectConfiguration(project_dir=str(run_dir)),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)],
     )

@@ -153,6 +153,17 @@ class _AuxMethod(RecognitionMethod):
         return embeddings, {"gate_l2": self.weight * (self.gate - 2.0).pow(2).sum()}
 
 
+def test_runs_with_different_mixed_precision_share_a_process(faces, tmp_path):
+    # accelerate's process-wide state refuses a second Accelerator with another precision unless reset
+    for precision in ("bf16", "no"):
+        result = train_recognizer(
+            small_config(
+                [faces], tmp_path / precision, mixed_precision=precision, max_steps=1, export_onnx=False
+            )
+        )
+        assert result.steps == 1
+
+
 def test_method_aux_losses_are_trained_and_logged(faces, tmp_path):
     out = tmp_path / "aux"
     train_recognizer(
