@@ -224,7 +224,9 @@ class ID3Pipeline(DiffusionPipeline):
         size = int(self.unet.config.sample_size)
         shape = (batch, int(self.unet.config.in_channels), size, size)
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            # drawn in float32 and cast: a seed gives the same start in every precision (torch's half
+            # normal sampler may follow another path and give other numbers)
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
         elif tuple(latents.shape) != shape:
             raise FacesynthError(f"latents: expected shape {shape}, got {tuple(latents.shape)}")
         else:
