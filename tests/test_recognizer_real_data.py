@@ -25,8 +25,8 @@ from facesynth.recognizers.verification import kfold_accuracy
 # A recipe for ~300 training images: scale s = 16 instead of arcface_torch's 64 (30 classes, not 100k) and
 # random shifts of up to 3 px. Measured on ORL s1-s30 -> s31-s40 while tuning (one run each, shared CPU):
 # this recipe 0.899 / 0.869 / 0.879 with seeds 2048 / 1 / 2; 0.857-0.903 over 20 other variants (input
-# 32-64, s 16-64, shift 0-5, dropout, wider/deeper, 15-30 epochs); raw pixels 0.852. The issue's 0.90
-# floor is therefore NOT met reliably and not asserted; the test asserts a clear win over raw pixels.
+# 32-64, s 16-64, shift 0-5, dropout, wider/deeper, 15-30 epochs); raw pixels 0.852. Trained on ORL
+# alone, the issue's 0.90 floor is therefore NOT met reliably.
 # A second sweep (seeds 1 / 2 / 2048 unless noted) found nothing better: extra random zoom +-10 % and
 # rotation +-10 deg 0.901 / 0.880 / 0.890; plus wd 5e-3, ArcFace m 0.3, dropout 0.3 0.873 / 0.889 / 0.897;
 # batch 16 + wd 5e-3 0.884 / 0.882 / 0.882; zoom +-20 % rot 15 deg 40 epochs 0.884 / 0.872 / 0.844;
@@ -45,6 +45,12 @@ SMALL_DATA_RECIPE = dict(
     tensorboard=False,
 )
 INPUT = SMALL_DATA_RECIPE["input_size"]
+# What closes the gap is the project's own idea: synthetic identities mixed into training. ORL s1-s30 plus
+# SYNTHETIC_IDS x SYNTHETIC_PER_ID grey parametric-renderer faces (a second shard folder, its own
+# classes), MIXED_EPOCHS epochs, otherwise the recipe above: 0.922 / 0.901 / 0.921 with seeds
+# 2048 / 1 / 2 (raw pixels 0.852; one run each, 2-core CPU, 2026-11-27). The test trains this way
+# (seed 2048) and asserts the 0.90 floor; ORL-only training stays at the figures above.
+SYNTHETIC_IDS, SYNTHETIC_PER_ID, MIXED_EPOCHS = 100, 5, 20
 
 
 @pytest.fixture(autouse=True)
@@ -97,9 +103,28 @@ def trained_features(run_dir: Path, images: dict, input_size: int) -> dict:
     return dict(zip(keys, emb, strict=True))
 
 
-def write_dataset(folder: Path, images: dict, train_ids: list[int]) -> Path:
+def grey_rgb(image: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).convert("L").convert("RGB"))
+
+
+def parametric_images(num_identities: int, per_id: int) -> dict:
+    """``{(label, i): RGB 112x112}`` from the procedural renderer (dataset seed 0, request seed 1000*label+i)."""
+    from facesynth.generators.registry import SampleRequest, build_generator
+
+    generator = build_generator("parametric", num_identities=num_identities, seed=0)
+    images = {}
+    for label in range(num_identities):
+        faces = generator.generate([SampleRequest(label, i, 1000 * label + i) for i in range(per_id)])
+        images.update({(label, i): f.image for i, f in enumerate(faces)})
+    return images
+
+
+def write_dataset(folder: Path, images: dict, train_ids: list[int], grey: bool = False) -> Path:
+    """One shard of ``train_ids`` (labels 0..n-1); ``grey`` drops colour (to match ORL's grey faces)."""
     rows = [
-        ShardRow(image=images[(s, i)], label=n, identity=f"id{s}", index=i)
+        ShardRow(
+            image=grey_rgb(images[(s, i)]) if grey else images[(s, i)], label=n, identity=f"id{s}", index=i
+        )
         for n, s in enumerate(train_ids)
         for i in sorted(i for t, i in images if t == s)
     ]
@@ -121,24 +146,26 @@ def test_orl_trained_beats_raw_pixels(orl_root, tmp_path):
 
     test_images = {k: v for k, v in images.items() if k[0] in held_out}
     raw = pair_accuracy({k: raw_pixel_feature(v) for k, v in test_images.items()}, pairs, issame)
+    synthetic = write_dataset(
+        tmp_path / "parametric",
+        parametric_images(SYNTHETIC_IDS, SYNTHETIC_PER_ID),
+        list(range(SYNTHETIC_IDS)),
+        grey=True,
+    )
+    recipe = {**SMALL_DATA_RECIPE, "epochs": MIXED_EPOCHS}
     result = train_recognizer(
-        RecognizerTrainConfig(data=[str(data)], output_dir=str(tmp_path / "run"), **SMALL_DATA_RECIPE)
+        RecognizerTrainConfig(data=[str(data), str(synthetic)], output_dir=str(tmp_path / "run"), **recipe)
     )
     trained = pair_accuracy(trained_features(result.run_dir, test_images, INPUT), pairs, issame)
     print(f"\nORL s31-s40 verification: trained tiny IResNet {trained:.4f} vs raw pixels {raw:.4f}")
     assert trained > raw + 0.01
+    assert trained >= 0.90
 
 
 @pytest.mark.slow
 def test_parametric_identities_trained_beats_raw_pixels(tmp_path):
-    from facesynth.generators.registry import SampleRequest, build_generator
-
     num_train, num_test, per_id = 30, 10, 10
-    generator = build_generator("parametric", num_identities=num_train + num_test, seed=0)
-    images = {}
-    for label in range(num_train + num_test):
-        faces = generator.generate([SampleRequest(label, i, 1000 * label + i) for i in range(per_id)])
-        images.update({(label, i): f.image for i, f in enumerate(faces)})
+    images = parametric_images(num_train + num_test, per_id)
     data = write_dataset(tmp_path / "param", images, list(range(num_train)))
     held_out = list(range(num_train, num_train + num_test))
     pairs, issame = verification_pairs(held_out, per_id)
