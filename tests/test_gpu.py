@@ -17,12 +17,13 @@ import torch
 from diffusers import DDIMScheduler
 
 import facesynth.privacy  # noqa: F401  (registers the privacy methods)
-from facesynth.generators.id3_trainer import ID3TrainConfig, train_id3
+from facesynth.generators.id3_trainer import train_id3
 from facesynth.generators.tammes import min_angle_degrees, random_sphere_points, solve_tammes
 from facesynth.privacy.frequency_frontend import FrequencyFrontend
-from facesynth.recognizers.trainer import RecognizerTrainConfig, train_recognizer
+from facesynth.recognizers.trainer import train_recognizer
 from facesynth.tests.id3_tiny import tiny_encoder, tiny_pipeline, unit_embeddings, write_tiny_dataset
-from facesynth.tests.test_trainer import make_shards
+from facesynth.tests.test_id3_trainer import _config as id3_config
+from facesynth.tests.test_trainer import make_shards, small_config
 
 DEVICE = torch.device(os.environ.get("FACESYNTH_TEST_DEVICE", "cuda"))
 pytestmark = [pytest.mark.gpu] if DEVICE.type == "cuda" else []
@@ -44,19 +45,15 @@ def faces(tmp_path_factory):
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("method", ["plain", "dctdp", "duetface", "partialface", "minusface"])
 def test_every_method_trains_in_mixed_precision(faces, tmp_path, method, precision):
-    config = RecognizerTrainConfig(
-        data=[str(faces)],
-        output_dir=str(tmp_path / "run"),
-        backbone="tiny",
+    config = small_config(
+        [faces],
+        tmp_path / "run",
+        input_size=None,  # the privacy frontends work at 112x112
         method=method,
         mixed_precision=precision,
         batch_size=16,
         max_steps=6,
         lr=0.01,
-        num_workers=0,
-        log_every=1,
-        progress=False,
-        tensorboard=False,
     )
     result = train_recognizer(config)
     assert result.steps == 6
@@ -67,26 +64,8 @@ def test_every_method_trains_in_mixed_precision(faces, tmp_path, method, precisi
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_id3_trains_in_mixed_precision(tmp_path, precision):
     data = write_tiny_dataset(tmp_path / "data", tiny_encoder())
-    config = ID3TrainConfig.from_mapping(
-        dict(
-            data=[str(data)],
-            output_dir=str(tmp_path / "run"),
-            image_size=16,
-            unet_preset="tiny",
-            hidden_dims=(32, 32),
-            cross_attention_dim=32,
-            batch_size=8,
-            max_steps=6,
-            lr=1e-3,
-            lr_warmup_steps=0,
-            mixed_precision=precision,
-            sample_every=6,
-            sample_count=4,
-            sample_steps=2,
-            log_every=1,
-            num_workers=0,
-            progress=False,
-        )
+    config = id3_config(
+        data, tmp_path / "run", image_size=16, batch_size=8, max_steps=6, mixed_precision=precision
     )
     result = train_id3(config, identity_encoder=tiny_encoder())
     assert result.steps == 6
