@@ -121,3 +121,30 @@ def one_thread():
             torch.set_num_threads(before)
 
     return _ctx()
+
+
+def tiny_train_config(data, out, **kwargs):
+    """ID3TrainConfig for a few-step run of the tiny UNet on ``data`` (overrides in ``kwargs``)."""
+    from facesynth.generators.id3_trainer import ID3TrainConfig
+
+    settings = dict(
+        data=[str(data)],
+        output_dir=str(out),
+        image_size=8,
+        unet_preset="tiny",
+        hidden_dims=(32, 32),
+        cross_attention_dim=32,
+        batch_size=4,
+        max_steps=4,
+        lr=1e-3,
+        lr_warmup_steps=0,
+        checkpoint_every=2,
+        sample_every=2,
+        sample_count=4,
+        sample_steps=2,
+        log_every=1,
+        num_workers=0,
+        progress=False,
+    )
+    settings.update(kwargs)
+    return ID3TrainConfig.from_mapping(settings)

@@ -21,9 +21,14 @@ from facesynth.generators.id3_trainer import train_id3
 from facesynth.generators.tammes import min_angle_degrees, random_sphere_points, solve_tammes
 from facesynth.privacy.frequency_frontend import FrequencyFrontend
 from facesynth.recognizers.trainer import train_recognizer
-from facesynth.tests.id3_tiny import tiny_encoder, tiny_pipeline, unit_embeddings, write_tiny_dataset
-from facesynth.tests.test_id3_trainer import _config as id3_config
-from facesynth.tests.test_trainer import make_shards, small_config
+from facesynth.tests.id3_tiny import (
+    tiny_encoder,
+    tiny_pipeline,
+    tiny_train_config,
+    unit_embeddings,
+    write_tiny_dataset,
+)
+from facesynth.tests.recognizer_tiny import make_shards, small_config
 
 DEVICE = torch.device(os.environ.get("FACESYNTH_TEST_DEVICE", "cuda"))
 pytestmark = [pytest.mark.gpu] if DEVICE.type == "cuda" else []
@@ -64,7 +69,7 @@ def test_every_method_trains_in_mixed_precision(faces, tmp_path, method, precisi
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_id3_trains_in_mixed_precision(tmp_path, precision):
     data = write_tiny_dataset(tmp_path / "data", tiny_encoder())
-    config = id3_config(
+    config = tiny_train_config(
         data, tmp_path / "run", image_size=16, batch_size=8, max_steps=6, mixed_precision=precision
     )
     result = train_id3(config, identity_encoder=tiny_encoder())

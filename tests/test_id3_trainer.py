@@ -11,11 +11,18 @@ import torch
 from safetensors.torch import load_file
 
 from facesynth.generators.id3_pipeline import ID3Pipeline
-from facesynth.generators.id3_trainer import ID3TrainConfig, train_id3
+from facesynth.generators.id3_trainer import train_id3
 from facesynth.pipelines.cli import main
 from facesynth.pipelines.errors import ConfigError, ShardError
 from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
-from facesynth.tests.id3_tiny import face_image, one_thread, tiny_encoder, unit_embeddings, write_tiny_dataset
+from facesynth.tests.id3_tiny import (
+    face_image,
+    one_thread,
+    tiny_encoder,
+    tiny_train_config,
+    unit_embeddings,
+    write_tiny_dataset,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -24,35 +31,11 @@ def _threads():
         yield
 
 
-def _config(data, out, **kwargs) -> ID3TrainConfig:
-    settings = dict(
-        data=[str(data)],
-        output_dir=str(out),
-        image_size=8,
-        unet_preset="tiny",
-        hidden_dims=(32, 32),
-        cross_attention_dim=32,
-        batch_size=4,
-        max_steps=4,
-        lr=1e-3,
-        lr_warmup_steps=0,
-        checkpoint_every=2,
-        sample_every=2,
-        sample_count=4,
-        sample_steps=2,
-        log_every=1,
-        num_workers=0,
-        progress=False,
-    )
-    settings.update(kwargs)
-    return ID3TrainConfig.from_mapping(settings)
-
-
 @pytest.mark.slow
 def test_train_writes_pipeline_and_resumes_exactly(tmp_path):
     encoder = tiny_encoder()
     data = write_tiny_dataset(tmp_path / "data", encoder, attributes=False)
-    result = train_id3(_config(data, tmp_path / "a"), identity_encoder=encoder)
+    result = train_id3(tiny_train_config(data, tmp_path / "a"), identity_encoder=encoder)
     run = tmp_path / "a"
     assert result.steps == 4 and result.filled_attributes == 4 * 4 * 4
     assert (run / "samples" / "step-00000002.png").is_file() and (
@@ -74,7 +57,7 @@ def test_train_writes_pipeline_and_resumes_exactly(tmp_path):
     shutil.copytree(
         run / "checkpoints" / "checkpoint-00000002", resumed / "checkpoints" / "checkpoint-00000002"
     )
-    result_b = train_id3(_config(data, resumed, resume="latest"), identity_encoder=encoder)
+    result_b = train_id3(tiny_train_config(data, resumed, resume="latest"), identity_encoder=encoder)
     assert result_b.steps == 4
     for part in ("unet", "condition_encoder"):
         a = load_file(run / "pipeline" / part / "diffusion_pytorch_model.safetensors")
@@ -88,12 +71,12 @@ def test_training_data_and_encoder_errors(tmp_path):
     rows = [ShardRow(image=face_image(0, i), label=0, identity="id0", index=i) for i in range(4)]
     write_shard(tmp_path / "plain" / shard_name(0, 1), rows_to_table(rows, None))
     with pytest.raises(ShardError, match="needs an 'embedding' column"):
-        train_id3(_config(tmp_path / "plain", tmp_path / "out"))
+        train_id3(tiny_train_config(tmp_path / "plain", tmp_path / "out"))
     data = write_tiny_dataset(tmp_path / "data", tiny_encoder(), identities=2, per_identity=2)
     with pytest.raises(ConfigError, match="lambda_id != 0 needs identity_encoder"):
-        train_id3(_config(data, tmp_path / "out2"))
+        train_id3(tiny_train_config(data, tmp_path / "out2"))
     with pytest.raises(ConfigError, match="unet_preset"):
-        _config(data, tmp_path / "out3", unet_preset="huge")
+        tiny_train_config(data, tmp_path / "out3", unet_preset="huge")
 
 
 def test_cli_reports_bad_data_with_exit_2(tmp_path, capsys):
@@ -165,7 +148,7 @@ def fresh_accelerate_state():
 
 def test_gradient_accumulation_and_bf16_autocast(tmp_path, fresh_accelerate_state):
     data = write_tiny_dataset(tmp_path / "data", tiny_encoder(), identities=2, per_identity=4)
-    config = _config(
+    config = tiny_train_config(
         data,
         tmp_path / "run",
         loss={"lambda_id": 0.0},

@@ -14,29 +14,11 @@ import torch
 
 from facesynth.pipelines.cli import main as cli_main
 from facesynth.pipelines.errors import ConfigError, FacesynthError, ShardError
-from facesynth.pipelines.shard_format import ShardRow, arrow_schema, rows_to_table, shard_name, write_shard
+from facesynth.pipelines.shard_format import arrow_schema, shard_name, write_shard
 from facesynth.recognizers.backbones import load_backbone
 from facesynth.recognizers.methods import RecognitionMethod, load_method, register_method
 from facesynth.recognizers.trainer import RecognizerTrainConfig, lr_at, resolve_sources, train_recognizer
-
-
-def make_shards(folder: Path, num_ids: int, per_id: int, seed: int = 0) -> Path:
-    """A small shard dataset of procedural faces, two shards."""
-    from facesynth.generators.registry import SampleRequest, build_generator
-
-    generator = build_generator("parametric", num_identities=num_ids, seed=seed)
-    rows = []
-    for label in range(num_ids):
-        faces = generator.generate(
-            [SampleRequest(label, i, seed * 10_000 + label * 100 + i) for i in range(per_id)]
-        )
-        rows += [
-            ShardRow(image=f.image, label=label, identity=f"p{label}", index=i) for i, f in enumerate(faces)
-        ]
-    half = len(rows) // 2
-    write_shard(folder / shard_name(0, 2), rows_to_table(rows[:half], None), row_group_size=16)
-    write_shard(folder / shard_name(1, 2), rows_to_table(rows[half:], None), row_group_size=16)
-    return folder
+from facesynth.tests.recognizer_tiny import make_shards, small_config
 
 
 @pytest.fixture(autouse=True)
@@ -50,23 +32,6 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory) -> Path:
     return make_shards(tmp_path_factory.mktemp("faces"), num_ids=6, per_id=8)
-
-
-def small_config(data, out, **overrides) -> RecognizerTrainConfig:
-    settings = dict(
-        data=[str(d) for d in data],
-        output_dir=str(out),
-        backbone="tiny",
-        input_size=32,
-        batch_size=8,
-        epochs=1,
-        num_workers=0,
-        log_every=1,
-        progress=False,
-        tensorboard=False,
-    )
-    settings.update(overrides)
-    return RecognizerTrainConfig(**settings)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
