@@ -160,14 +160,6 @@ class PrivacyMethod(RecognitionMethod):
         """JSON-able client-side configuration that the server model depends on (subclasses extend)."""
         return {}
 
-    def param_lr_multipliers(self) -> dict[str, float]:
-        """Learning-rate multipliers by parameter name prefix, for trainers that support groups.
-
-        TFace trains some method parameters with their own optimiser/LR (DCTDP's noise: Adam 0.1).
-        The shared trainer uses one optimiser; this hook documents the intended ratios.
-        """
-        return {}
-
     # ------------------------------------------------------------------------------------------
     # the shared machinery
 

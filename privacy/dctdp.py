@@ -23,8 +23,9 @@ Choices and deviations from TFace (``dctdp/``), all options:
 - ``learn_locs=True`` keeps TFace's learnable noise location (note: the paper's lemmas assume zero-mean
   noise; set False for zero-mean noise).
 - ``aux_loss_weight``: TFace defines ``-log(mean b)`` but never uses it; 0 (off) by default.
-- TFace trains ``rhos``/``locs`` with a separate Adam at LR 0.1; the shared trainer uses one optimiser,
-  so :meth:`param_lr_multipliers` only records the intended ratio.
+- TFace trains ``rhos``/``locs`` with a separate Adam at LR 0.1. The shared trainer uses one optimiser
+  with parameter groups: ``noise_lr_multiplier`` scales the noise parameters' learning rate
+  (:meth:`param_lr_multipliers`; 1 by default, an unverified choice since the optimisers differ).
 - Noise is drawn on the model's device from a seedable generator (TFace: CPU then copy, unseeded).
 """
 
@@ -91,7 +92,7 @@ class DCTDP(PrivacyMethod):
         per_sample_noise: independent noise per image (True) or TFace's one draw per batch (False).
         learn_locs: learn the noise location (TFace) or keep zero-mean noise.
         aux_loss_weight: weight of ``-log(mean b)`` (TFace defines it, never uses it: 0).
-        noise_lr_multiplier: intended LR ratio of the noise parameters (see :meth:`param_lr_multipliers`).
+        noise_lr_multiplier: learning-rate multiplier of the noise parameters in the shared trainer.
         frontend_mode, key_seed, eval_seed: see :class:`~facesynth.privacy.api.PrivacyMethod`.
     """
 

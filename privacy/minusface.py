@@ -12,9 +12,8 @@ Training is two runs of the one recognizer trainer (``facesynth train-recognizer
   not decoded); loss = margin loss(f1(r)) + ``l1_weight`` (5) * L1(X, d(x')) + ``sparsity_weight`` (0,
   as in the paper) * KL sparsity of g's latent. The README recommends g at 0.1x the recognizer's
   learning rate; TFace's branch for it never runs (a 'Minusface' typo, brief section 7.2). Here
-  ``generator_lr_scale`` (0.1) multiplies g's gradients, which equals a 0.1x learning rate for SGD
-  except for the weight-decay term (and has no effect under Adam-type optimisers, which are
-  invariant to gradient scale).
+  ``generator_lr_scale`` (0.1) is g's learning-rate multiplier: the shared trainer gives g its own
+  parameter group (:meth:`param_lr_multipliers`), so it holds for SGD and AdamW alike.
 - ``stage=2``: g is loaded from the stage-1 run (``stage1_from``) and frozen (eval mode, no gradient);
   a fresh recognizer with a ``3 * n_dup``-channel stem trains on X_p with the margin loss only.
   ``n_dup`` independent shuffles are decoded and concatenated (TFace hard-codes 1; the README's
@@ -61,7 +60,7 @@ class MinusFace(PrivacyMethod):
         generator_widths: U-Net level widths (paper: 64/128/256/512/1024, ~34.6 M parameters).
         l1_weight: weight of L1(X, d(g(x))) in stage 1 (paper: 5).
         sparsity_weight, sparsity_target: KL sparsity on g's latent (paper: weight 0).
-        generator_lr_scale: gradient multiplier on g in stage 1 (README: g at 0.1x the LR).
+        generator_lr_scale: learning-rate multiplier of g in stage 1 (README: g at 0.1x the LR).
         n_dup: shuffles decoded and concatenated per query (3 * n_dup channels reach the server).
         frontend_mode, key_seed, eval_seed: see :class:`~facesynth.privacy.api.PrivacyMethod`.
     """
@@ -113,10 +112,6 @@ class MinusFace(PrivacyMethod):
             )
         if self.stage == 2:
             self.generator.requires_grad_(False)
-        elif self.generator_lr_scale != 1.0:
-            scale = self.generator_lr_scale
-            for p in self.generator.parameters():
-                p.register_hook(lambda grad, s=scale: grad * s)
 
     def method_kwargs(self) -> dict[str, Any]:
         kwargs = super().method_kwargs()

@@ -74,6 +74,14 @@ class RecognitionMethod(nn.Module):
     def method_kwargs(self) -> dict[str, Any]:
         return dict(self._method_kwargs)
 
+    def param_lr_multipliers(self) -> dict[str, float]:
+        """Learning-rate multipliers by parameter-name prefix (e.g. ``{"noise.": 10.0}``).
+
+        The trainer puts each matching trainable parameter (longest prefix wins) in a parameter group
+        whose learning rate is the schedule's times the multiplier; everything else gets 1.
+        """
+        return {}
+
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

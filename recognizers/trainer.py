@@ -44,6 +44,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
+from torch import nn
 
 from facesynth.pipelines.checkpoints import TRAINER_STATE, find_checkpoint, prune_checkpoints
 from facesynth.pipelines.config import StageConfig
@@ -168,6 +169,23 @@ def lr_at(step: int, base_lr: float, total_steps: int, warmup_steps: int) -> flo
         return base_lr * (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
     return base_lr * max(0.0, 1.0 - (step - warmup_steps) / span)
+
+
+def lr_groups(method: nn.Module) -> list[dict[str, Any]]:
+    """The method's trainable parameters as optimizer groups, one per learning-rate multiplier.
+
+    Multipliers come from ``method.param_lr_multipliers()`` (prefix -> factor, longest prefix wins);
+    each group carries its factor as ``lr_scale``. Group order is fixed (factor 1 first, then by
+    first appearance), so a checkpoint's optimizer state matches on resume.
+    """
+    prefixes = sorted(method.param_lr_multipliers().items(), key=lambda item: -len(item[0]))
+    groups: dict[float, list[nn.Parameter]] = {1.0: []}
+    for name, param in method.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = next((float(f) for prefix, f in prefixes if name.startswith(prefix)), 1.0)
+        groups.setdefault(scale, []).append(param)
+    return [{"params": params, "lr_scale": scale} for scale, params in groups.items() if params]
 
 
 def augment(
@@ -318,7 +336,7 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
         base_lr = config.effective_lr()
 
         model_params = [p for p in method.parameters() if p.requires_grad]
-        groups = [{"params": model_params}, {"params": [partial_fc.weight]}]
+        groups = [*lr_groups(method), {"params": [partial_fc.weight], "lr_scale": 1.0}]
         if config.optimizer == "sgd":
             optimizer = torch.optim.SGD(
                 groups, lr=base_lr, momentum=config.momentum, weight_decay=config.effective_weight_decay()
@@ -477,7 +495,7 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                     accelerator.clip_grad_norm_(model_params, config.grad_clip)
                 lr = lr_at(step, base_lr, total_steps, warmup_steps)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group["lr_scale"]
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1

@@ -129,6 +129,30 @@ def test_runs_with_different_mixed_precision_share_a_process(faces, tmp_path):
         assert result.steps == 1
 
 
+def test_method_learning_rate_multipliers_become_optimizer_groups(faces, tmp_path):
+    import facesynth.privacy  # noqa: F401  (registers dctdp)
+
+    result = train_recognizer(
+        small_config(
+            [faces],
+            tmp_path / "run",
+            input_size=None,
+            method="dctdp",
+            method_kwargs={"noise_lr_multiplier": 10.0},
+            max_steps=2,
+            checkpoint_every=2,
+            lr=0.05,
+            export_onnx=False,
+        )
+    )
+    checkpoint = result.run_dir / "checkpoints" / "checkpoint-2"
+    groups = torch.load(checkpoint / "optimizer.bin", weights_only=False)["param_groups"]
+    scales = sorted(g["lr_scale"] for g in groups)
+    assert scales == [1.0, 1.0, 10.0]  # backbone, Partial FC centres, DCTDP noise
+    for group in groups:  # the last step's learning rate, times each group's multiplier
+        assert group["lr"] == pytest.approx(groups[0]["lr"] * group["lr_scale"])
+
+
 def test_method_aux_losses_are_trained_and_logged(faces, tmp_path):
     out = tmp_path / "aux"
     train_recognizer(
