@@ -30,8 +30,10 @@ Run folder (``output_dir``):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import itertools
 import json
 import logging
 import shutil
@@ -78,6 +80,11 @@ class RecognizerTrainConfig(StageConfig):
     weight_decay: float | None = Field(default=None, ge=0, description="None: 5e-4 for SGD, 0.1 for AdamW")
     warmup_epochs: float = Field(default=0.0, ge=0)
     grad_clip: float = Field(default=5.0, ge=0, description="max grad norm of the model; 0 = off")
+    gradient_accumulation_steps: int = Field(
+        default=1,
+        ge=1,
+        description="batches per optimizer step (effective batch = batch_size x this x processes)",
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     flip: bool = True
     shift: int = Field(
@@ -325,10 +332,12 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
             buffer_size=config.buffer_size,
             label_offsets=offsets,
         )
-        steps_per_epoch = dataset.rows_per_rank() // config.batch_size
+        accumulate = config.gradient_accumulation_steps
+        steps_per_epoch = dataset.rows_per_rank() // (config.batch_size * accumulate)
         if steps_per_epoch < 1:
             raise ConfigError(
-                f"field 'batch_size': {config.batch_size} is larger than the {dataset.rows_per_rank()} rows "
+                f"field 'batch_size': {config.batch_size} x {accumulate} accumulation step(s) is larger than "
+                f"the {dataset.rows_per_rank()} rows "
                 f"each of the {world} process(es) gets from {sources}"
             )
         total_steps = config.max_steps or steps_per_epoch * config.epochs
@@ -384,7 +393,8 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
         if main:
             (run_dir / "train_config.json").write_text(json.dumps(config.to_json_dict(), indent=2) + "\n")
             logger.info(
-                "training %s/%s on %d classes, %d steps (%d per epoch), %d process(es), batch %d each",
+                "training %s/%s on %d classes, %d steps (%d per epoch), %d process(es), batch %d each"
+                " x %d accumulation step(s)",
                 config.method,
                 config.backbone,
                 num_classes,
@@ -392,6 +402,7 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                 steps_per_epoch,
                 world,
                 config.batch_size,
+                accumulate,
             )
 
         csv_log = _CsvLog(run_dir / "train_log.csv") if main else None
@@ -470,27 +481,36 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                 generator=torch.Generator().manual_seed(config.seed * 1000 + epoch),
             )
             batches: Iterator[dict[str, Any]] = exact_batches(loader, config.batch_size)
-            for _ in range(batch_in_epoch):  # resume mid-epoch: replay the data order, skip the batches
+            for _ in range(batch_in_epoch * accumulate):  # resume mid-epoch: replay the order, skip batches
                 next(batches)
-            for batch in batches:
-                if batch_in_epoch >= steps_per_epoch or step >= total_steps:
-                    break
-                images = batch["image"].to(device, non_blocking=True)
-                labels = batch["label"].to(device, non_blocking=True)
+            while batch_in_epoch < steps_per_epoch and step < total_steps:
                 flip_rng = torch.Generator().manual_seed(
                     (config.seed * 1_000_003 + step * 7919 + rank) % (2**63)
                 )
-                images = augment(images, input_size, config.flip, flip_rng, config.shift)
                 method.train()
-                embeddings, aux_losses = method(images, labels)
-                margin_loss = partial_fc(embeddings, labels)
-                loss = margin_loss + sum(aux_losses.values()) if aux_losses else margin_loss
-                if not torch.isfinite(loss):
-                    raise FacesynthError(
-                        f"step {step}: the loss is {loss.item()} (lower the learning rate, "
-                        "or use bf16 instead of fp16)"
+                step_loss, used = 0.0, 0
+                for batch in itertools.islice(batches, accumulate):
+                    images = batch["image"].to(device, non_blocking=True)
+                    labels = batch["label"].to(device, non_blocking=True)
+                    images = augment(images, input_size, config.flip, flip_rng, config.shift)
+                    used += 1
+                    # gradients sync across processes only on the step's last batch
+                    with accelerator.no_sync(method) if used < accumulate else contextlib.nullcontext():
+                        embeddings, aux_losses = method(images, labels)
+                        margin_loss = partial_fc(embeddings, labels)
+                        loss = margin_loss + sum(aux_losses.values()) if aux_losses else margin_loss
+                        if not torch.isfinite(loss):
+                            raise FacesynthError(
+                                f"step {step}: the loss is {loss.item()} (lower the learning rate, "
+                                "or use bf16 instead of fp16)"
+                            )
+                        accelerator.backward(loss / accumulate if accumulate > 1 else loss)
+                    step_loss += float(loss.detach()) / accumulate
+                if used < accumulate:
+                    raise ShardError(
+                        f"{sources}: epoch {epoch} ended after {batch_in_epoch} of {steps_per_epoch} steps "
+                        "(a shard changed or could not be read during training)"
                     )
-                accelerator.backward(loss)
                 if config.grad_clip > 0:
                     accelerator.clip_grad_norm_(model_params, config.grad_clip)
                 lr = lr_at(step, base_lr, total_steps, warmup_steps)
@@ -500,9 +520,9 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 batch_in_epoch += 1
-                window_images += config.batch_size * world
-                run_images += config.batch_size * world
-                last_loss = float(loss.detach())
+                window_images += config.batch_size * accumulate * world
+                run_images += config.batch_size * accumulate * world
+                last_loss = step_loss
                 progress.update(1)
                 if step % config.log_every == 0 or step == total_steps:
                     elapsed = time.perf_counter() - window_start
@@ -529,12 +549,6 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                 )  # checkpoints and evaluation do not count as training time
                 window_start += pause
                 run_start += pause
-            else:
-                if batch_in_epoch < steps_per_epoch and step < total_steps:
-                    raise ShardError(
-                        f"{sources}: epoch {epoch} ended after {batch_in_epoch} of {steps_per_epoch} batches "
-                        "(a shard changed or could not be read during training)"
-                    )
             if batch_in_epoch >= steps_per_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0
         progress.close()

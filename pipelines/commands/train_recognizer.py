@@ -51,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-epochs", type=float, default=0.0)
     parser.add_argument("--grad-clip", type=float, default=5.0, help="max grad norm, 0 = off (default 5)")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument(
+        "--gradient-accumulation-steps",
+        type=int,
+        default=1,
+        help="batches per optimizer step (effective batch = batch size x this x processes)",
+    )
     parser.add_argument("--no-flip", action="store_true", help="turn off horizontal-flip augmentation")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per process")
     parser.add_argument("--seed", type=int, default=2048)
@@ -121,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             "weight_decay": args.weight_decay,
             "warmup_epochs": args.warmup_epochs,
             "grad_clip": args.grad_clip,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "mixed_precision": args.mixed_precision,
             "flip": not args.no_flip,
             "num_workers": args.num_workers,
