@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from facesynth.generators.registry import FaceGenerator, SampleRequest, build_generator, sample_seed
+from facesynth.pipelines.accelerator import partial_state
 from facesynth.pipelines.atomic_io import TMP_SUFFIX, config_hash, sha256_file, write_json_atomic
 from facesynth.pipelines.config import StageConfig
 from facesynth.pipelines.errors import FacesynthError, ShardError
@@ -303,13 +304,6 @@ def _write_manifest(config: GenerateConfig, plans: list[ShardPlan], generator: F
     return manifest
 
 
-def _partial_state():
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
 def generate_dataset(config: GenerateConfig, *, show_progress: bool = True) -> GenerateResult:
     """Generate (or finish generating) the dataset described by ``config`` into ``config.out``.
 
@@ -318,7 +312,7 @@ def generate_dataset(config: GenerateConfig, *, show_progress: bool = True) -> G
     """
     from tqdm.auto import tqdm
 
-    state = _partial_state()
+    state = partial_state()
     out = config.out
     started = time.perf_counter()
     plans = plan_shards(config)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +141,42 @@ def test_runs_with_different_mixed_precision_share_a_process(faces, tmp_path):
             )
         )
         assert result.steps == 1
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_under_torchrun_train_one_model(faces, tmp_path):
+    # without an accelerator, accelerate must be told cpu=True or torchrun's ranks never join a group
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29547",
+            "-m",
+            "facesynth.pipelines.cli",
+            "train-recognizer",
+            *("--data", str(faces), "--output-dir", str(run), "--backbone", "tiny", "--input-size", "32"),
+            *("--batch-size", "8", "--max-steps", "3", "--gradient-accumulation-steps", "2"),
+            *("--sample-rate", "0.5", "--num-workers", "0", "--log-every", "1"),
+            *("--no-progress", "--no-tensorboard", "--no-onnx"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es), batch 8 each x 2 accumulation step(s)" in (run / "train.log").read_text()
+    rows = list(csv.DictReader((run / "train_log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]  # one writer: the main process
+    # Partial FC shards the class centres: one file per rank
+    names = sorted(p.name for p in (run / "checkpoints" / "checkpoint-3").glob("partial_fc-*"))
+    assert names == ["partial_fc-rank00000-of-00002.safetensors", "partial_fc-rank00001-of-00002.safetensors"]
+    assert load_backbone(run) is not None
 
 
 def test_method_learning_rate_multipliers_become_optimizer_groups(faces, tmp_path):
