@@ -13,11 +13,16 @@ encoder. Unreadable files and images without a detected face are skipped, counte
 folder names / label order); an identity whose images were all skipped gets no label, so labels
 stay 0..N-1. Shards hold whole identities (``rows_per_shard`` is a target); the manifest is written
 last. A rerun with the same settings finds the manifest and does nothing.
+
+Resumable: each finished shard is staged with a sidecar (its label range, rows, checksum and skips).
+After a crash or an interrupt, the same command reuses every staged shard whose checksum still
+matches and redoes only the rest; other settings discard the staging folder.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import shutil
@@ -280,14 +285,24 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
     skipped: list[dict[str, str]] = []
     # shards are staged under STAGING and moved to data/ at the end, once the number of non-empty
     # shards (the "of-N" in their names) is known
-    staging = out / STAGING
-    if staging.exists():
-        shutil.rmtree(staging)
+    staging = _open_staging(out / STAGING, digest)
     staged: list[tuple[Path, int, int, int]] = []  # (file, label_start, label_stop, rows)
     next_label = 0
     progress = tqdm(total=total, desc="ingest", unit="img", disable=not show_progress)
+    reused = 0
     for shard_index, group in enumerate(groups):
+        part = staging / f"part-{shard_index:05d}.parquet"
+        done = _staged_part(part, label_start=next_label)
+        if done is not None:  # finished before an interruption: reuse it
+            skipped.extend(done["skipped"])
+            progress.update(sum(len(i.images) for i in group))
+            if done["rows"]:
+                staged.append((part, done["label_start"], done["label_stop"], done["rows"]))
+            next_label = done["label_stop"]
+            reused += 1
+            continue
         rows: list[ShardRow] = []
+        group_skipped: list[dict[str, str]] = []
         label_start = next_label
         for identity in group:
             kept = 0
@@ -296,15 +311,17 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
                 try:
                     image = ref.load()
                 except Exception as exc:  # any decoder failure is a counted skip
-                    skipped.append({"item": ref.where, "reason": f"unreadable ({type(exc).__name__}: {exc})"})
+                    group_skipped.append(
+                        {"item": ref.where, "reason": f"unreadable ({type(exc).__name__}: {exc})"}
+                    )
                     continue
                 try:
                     face = aligner.align_largest(image)
                 except FacesynthError as exc:
-                    skipped.append({"item": ref.where, "reason": str(exc)})
+                    group_skipped.append({"item": ref.where, "reason": str(exc)})
                     continue
                 if face is None:
-                    skipped.append({"item": ref.where, "reason": "no face found"})
+                    group_skipped.append({"item": ref.where, "reason": "no face found"})
                     continue
                 rows.append(
                     ShardRow(
@@ -328,10 +345,22 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
                 for row, vector in zip(batch, embeddings, strict=True):
                     row.embedding = vector
         if rows:
-            part = staging / f"part-{shard_index:05d}.parquet"
             write_shard(part, rows_to_table(rows, dim, image_format=config.image_format))
             staged.append((part, label_start, next_label, len(rows)))
+        write_json_atomic(
+            part.with_suffix(".json"),
+            {
+                "label_start": label_start,
+                "label_stop": next_label,
+                "rows": len(rows),
+                "sha256": sha256_file(part) if rows else None,
+                "skipped": group_skipped,
+            },
+        )
+        skipped.extend(group_skipped)
     progress.close()
+    if reused:
+        logger.info("ingest: reused %d of %d staged shard(s) from an interrupted run", reused, len(groups))
     records: list[ShardRecord] = []
     for index, (part, label_start, label_stop, num_rows) in enumerate(staged):
         name = shard_name(index, len(staged))
@@ -377,6 +406,37 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
         out / REPORT_NAME,
     )
     return IngestResult(out, next_label, report["num_written"], len(skipped), len(records), seconds, skipped)
+
+
+def _open_staging(staging: Path, digest: str) -> Path:
+    """The staging folder, kept from an interrupted run with the same settings, else emptied."""
+    state = staging / "state.json"
+    keep = False
+    if state.is_file():
+        try:
+            keep = json.loads(state.read_text()).get("config_hash") == digest
+        except (OSError, ValueError):
+            keep = False
+    if staging.exists() and not keep:
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(state, {"config_hash": digest})
+    return staging
+
+
+def _staged_part(part: Path, label_start: int) -> dict[str, Any] | None:
+    """A staged shard's sidecar when the shard is complete and intact (and starts at ``label_start``)."""
+    sidecar = part.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        info = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("label_start") != label_start:
+        return None
+    intact = not info.get("rows") or (part.is_file() and sha256_file(part) == info.get("sha256"))
+    return info if intact else None
 
 
 def _count_reasons(skipped: list[dict[str, str]]) -> dict[str, int]:

@@ -80,6 +80,48 @@ def test_ingest_identity_tree_with_bad_files(tmp_path, tiny_model):
         ingest(IngestConfig(source=src, out=out), show_progress=False)
 
 
+def test_interrupted_ingest_resumes_from_staged_shards(tmp_path, tiny_model, monkeypatch):
+    import facesynth.pipelines.ingest as ingest_module
+
+    src = _tree(tmp_path / "src")
+    settings = dict(source=src, encoder=f"torch:{tiny_model}", rows_per_shard=4)
+    reference = ingest(IngestConfig(out=tmp_path / "ref", **settings), show_progress=False)
+
+    # crash while writing the third shard (two are staged)
+    real_write, writes = ingest_module.write_shard, []
+
+    def crashing_write(path, table):
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+        writes.append(path)
+        real_write(path, table)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(ingest_module, "write_shard", crashing_write)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(IngestConfig(out=out, **settings), show_progress=False)
+    assert not (out / "facesynth.json").exists()
+
+    # the same command again: only the unfinished shard is aligned and written
+    writes.clear()
+    monkeypatch.setattr(
+        ingest_module, "write_shard", lambda path, table: (writes.append(path), real_write(path, table))
+    )
+    result = ingest(IngestConfig(out=out, **settings), show_progress=False)
+    assert [p.name for p in writes] == ["part-00002.parquet"]
+    assert (result.num_identities, result.num_images, result.num_skipped) == (
+        reference.num_identities,
+        reference.num_images,
+        reference.num_skipped,
+    )
+    assert _all_rows(out) == _all_rows(tmp_path / "ref")
+    assert (
+        json.loads((out / REPORT_NAME).read_text())["skipped"]
+        == json.loads((tmp_path / "ref" / REPORT_NAME).read_text())["skipped"]
+    )
+    assert verify_dataset(out) == []
+
+
 @pytest.mark.slow
 def test_ingest_orl_in_place(orl_root, tmp_path, tiny_model):
     out = tmp_path / "orl"
