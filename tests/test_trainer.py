@@ -196,7 +196,7 @@ def test_method_learning_rate_multipliers_become_optimizer_groups(faces, tmp_pat
         )
     )
     checkpoint = result.run_dir / "checkpoints" / "checkpoint-2"
-    groups = torch.load(checkpoint / "optimizer.bin", weights_only=False)["param_groups"]
+    groups = torch.load(checkpoint / "optimizer.bin", weights_only=True)["param_groups"]
     scales = sorted(g["lr_scale"] for g in groups)
     assert scales == [1.0, 1.0, 10.0]  # backbone, Partial FC centres, DCTDP noise
     for group in groups:  # the last step's learning rate, times each group's multiplier
