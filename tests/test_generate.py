@@ -21,6 +21,7 @@ from facesynth.pipelines.errors import ConfigError, FacesynthError
 from facesynth.pipelines.generate import GenerateConfig, generate_dataset, plan_shards
 from facesynth.pipelines.manifest import Manifest
 from facesynth.pipelines.verify import verify_dataset
+from facesynth.tests.cli_processes import run_cli
 
 
 @register_generator("test-noise")
@@ -59,17 +60,6 @@ def _rows_by_key(folder: Path) -> dict[tuple[int, int], tuple]:
     table = pa.concat_tables(pq.read_table(p) for p in sorted((folder / "data").glob("*.parquet")))
     rows = table.to_pylist()
     return {(r["label"], r["index"]): (r["identity"], r["seed"], r["image"]["bytes"]) for r in rows}
-
-
-def _cli(*args: str, timeout: float = 240, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONUNBUFFERED": "1"} | (env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "facesynth.pipelines.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 def test_plan_is_whole_identities_and_fixed(tmp_path):
@@ -214,28 +204,9 @@ def test_one_vs_two_processes_give_identical_rows(tmp_path):
         "8",
         "--no-progress",
     ]
-    single = _cli("generate", *args, "--out", str(tmp_path / "one"))
+    single = run_cli("generate", *args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29533",
-            "-m",
-            "facesynth.pipelines.cli",
-            "generate",
-            *args,
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    two = run_cli("generate", *args, "--out", str(tmp_path / "two"), nproc=2, port=29533)
     assert two.returncode == 0, two.stderr[-3000:]
     assert _rows_by_key(tmp_path / "one") == _rows_by_key(tmp_path / "two")
     assert verify_dataset(tmp_path / "two") == []
@@ -256,7 +227,7 @@ def test_kill_9_then_rerun_equals_uninterrupted(tmp_path):
         "10",
         "--no-progress",
     ]
-    reference = _cli("generate", *args, "--out", str(tmp_path / "ref"))
+    reference = run_cli("generate", *args, "--out", str(tmp_path / "ref"))
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -273,10 +244,10 @@ def test_kill_9_then_rerun_equals_uninterrupted(tmp_path):
     written = len(list((out / "data").glob("train-*.parquet")))
     assert 3 <= written < 40, f"the kill must land in the middle of the run ({written} shards written)"
     assert not (out / "facesynth.json").exists()
-    rerun = _cli("generate", *args, "--out", str(out))
+    rerun = run_cli("generate", *args, "--out", str(out))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert _rows_by_key(out) == _rows_by_key(tmp_path / "ref")
-    assert _cli("verify", str(out)).returncode == 0
+    assert run_cli("verify", str(out)).returncode == 0
 
 
 def test_verify_names_each_problem(tmp_path):

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ from facesynth.pipelines.shard_format import arrow_schema, shard_name, write_sha
 from facesynth.recognizers.backbones import load_backbone
 from facesynth.recognizers.methods import RecognitionMethod, load_method, register_method
 from facesynth.recognizers.trainer import RecognizerTrainConfig, lr_at, resolve_sources, train_recognizer
+from facesynth.tests.cli_processes import run_cli
 from facesynth.tests.recognizer_tiny import make_shards, small_config
 
 
@@ -147,27 +145,14 @@ def test_runs_with_different_mixed_precision_share_a_process(faces, tmp_path):
 def test_two_cpu_processes_under_torchrun_train_one_model(faces, tmp_path):
     # without an accelerator, accelerate must be told cpu=True or torchrun's ranks never join a group
     run = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29547",
-            "-m",
-            "facesynth.pipelines.cli",
-            "train-recognizer",
-            *("--data", str(faces), "--output-dir", str(run), "--backbone", "tiny", "--input-size", "32"),
-            *("--batch-size", "8", "--max-steps", "3", "--gradient-accumulation-steps", "2"),
-            *("--sample-rate", "0.5", "--num-workers", "0", "--log-every", "1"),
-            *("--no-progress", "--no-tensorboard", "--no-onnx"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    done = run_cli(
+        "train-recognizer",
+        *("--data", str(faces), "--output-dir", str(run), "--backbone", "tiny", "--input-size", "32"),
+        *("--batch-size", "8", "--max-steps", "3", "--gradient-accumulation-steps", "2"),
+        *("--sample-rate", "0.5", "--num-workers", "0", "--log-every", "1"),
+        *("--no-progress", "--no-tensorboard", "--no-onnx"),
+        nproc=2,
+        port=29547,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es), batch 8 each x 2 accumulation step(s)" in (run / "train.log").read_text()
