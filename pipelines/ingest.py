@@ -286,7 +286,7 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
     # shards are staged under STAGING and moved to data/ at the end, once the number of non-empty
     # shards (the "of-N" in their names) is known
     staging = _open_staging(out / STAGING, digest)
-    staged: list[tuple[Path, int, int, int]] = []  # (file, label_start, label_stop, rows)
+    staged: list[tuple[Path, dict[str, Any]]] = []  # (part file, its sidecar) for non-empty shards
     next_label = 0
     progress = tqdm(total=total, desc="ingest", unit="img", disable=not show_progress)
     reused = 0
@@ -297,7 +297,7 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
             skipped.extend(done["skipped"])
             progress.update(sum(len(i.images) for i in group))
             if done["rows"]:
-                staged.append((part, done["label_start"], done["label_stop"], done["rows"]))
+                staged.append((part, done))
             next_label = done["label_stop"]
             reused += 1
             continue
@@ -346,27 +346,28 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
                     row.embedding = vector
         if rows:
             write_shard(part, rows_to_table(rows, dim, image_format=config.image_format))
-            staged.append((part, label_start, next_label, len(rows)))
-        write_json_atomic(
-            part.with_suffix(".json"),
-            {
-                "label_start": label_start,
-                "label_stop": next_label,
-                "rows": len(rows),
-                "sha256": sha256_file(part) if rows else None,
-                "skipped": group_skipped,
-            },
-        )
+        sidecar = {
+            "label_start": label_start,
+            "label_stop": next_label,
+            "rows": len(rows),
+            "sha256": sha256_file(part) if rows else None,
+            "skipped": group_skipped,
+        }
+        write_json_atomic(part.with_suffix(".json"), sidecar)
+        if rows:
+            staged.append((part, sidecar))
         skipped.extend(group_skipped)
     progress.close()
     if reused:
         logger.info("ingest: reused %d of %d staged shard(s) from an interrupted run", reused, len(groups))
     records: list[ShardRecord] = []
-    for index, (part, label_start, label_stop, num_rows) in enumerate(staged):
+    for index, (part, info) in enumerate(staged):  # a rename keeps the bytes: the staged checksum holds
         name = shard_name(index, len(staged))
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, out / name)
-        records.append(ShardRecord(name, label_start, label_stop, num_rows, sha256_file(out / name)))
+        records.append(
+            ShardRecord(name, info["label_start"], info["label_stop"], info["rows"], info["sha256"])
+        )
     if staging.exists():
         shutil.rmtree(staging)
     report = {

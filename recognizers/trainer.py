@@ -504,7 +504,7 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                                 f"step {step}: the loss is {loss.item()} (lower the learning rate, "
                                 "or use bf16 instead of fp16)"
                             )
-                        accelerator.backward(loss / accumulate if accumulate > 1 else loss)
+                        accelerator.backward(loss / accumulate)
                     step_loss += float(loss.detach()) / accumulate
                 if used < accumulate:
                     raise ShardError(
