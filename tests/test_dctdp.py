@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import scipy.stats
 import torch
 
 from facesynth.pipelines.errors import ConfigError
@@ -42,6 +43,8 @@ def test_laplace_noise_statistics() -> None:
     assert abs(x.mean().item()) < 0.02
     assert abs(x.abs().mean().item() - 1.0) < 0.02  # E|X| = b
     assert abs(x.var().item() - 2.0) < 0.05  # Var = 2 b^2
+    assert torch.isfinite(x).all()
+    assert scipy.stats.kstest(x.numpy(), "laplace").pvalue > 1e-3  # the whole distribution, tails too
 
 
 def test_payload_is_dc_free_coefficients_plus_seeded_per_sample_noise() -> None:
