@@ -6,9 +6,12 @@ MinusFace have two stages each, as in TFace; the table says so). Every row is th
 way on identities no recognizer saw:
 
 - verification accuracy (10-fold protocol of :mod:`facesynth.recognizers.verification`, no flip
-  TTA) on pairs of the victim identities' images, unseen by every recognizer and by the attacker
-  (genuine: every same-identity pair; impostor: as many seeded random different-identity pairs),
-  each image protected independently through protect -> recognize (random methods: eval seed 0);
+  TTA) on pairs of the victim identities' images (:func:`facesynth.pipelines.pairs.verification_set_from_shards`),
+  unseen by every recognizer and by the attacker. Privacy rows go through the deployed path,
+  protect -> recognize with every image protected independently
+  (:func:`facesynth.privacy.evaluation.evaluate_privacy_method`, what ``facesynth bench --privacy``
+  runs); randomised methods report mean +- std over ``--query-seeds`` (at least 3), deterministic
+  ones one run;
 - payload size per query (bytes the client sends: float32 tensors and masks; RGB: uint8 image);
 - the white-box recovery attack of :mod:`facesynth.privacy.attacks` (U-Net decoder and ridge
   inverse trained on the public identities, tested on the victim identities): PSNR, SSIM, identity
@@ -151,61 +154,50 @@ def to_tensor(faces) -> tuple[torch.Tensor, list[str]]:
 # evaluation
 
 
-def _cap(images: torch.Tensor, ids: list[str], limit: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """At most ``limit`` images, the same number from every identity where possible (seeded)."""
-    if len(ids) <= limit:
-        return images, ids
-    names = sorted(set(ids))
+def _cap(faces: list[tuple[str, np.ndarray]], limit: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    """At most ``limit`` faces, the same number from every identity where possible (seeded)."""
+    if len(faces) <= limit:
+        return faces
+    names = sorted({n for n, _ in faces})
     per = max(2, limit // len(names))
     rng = np.random.default_rng(seed)
     keep = []
     for name in names:
-        idx = [i for i, n in enumerate(ids) if n == name]
-        keep += sorted(rng.choice(idx, size=min(per, len(idx)), replace=False).tolist())
-    keep = sorted(keep)
-    return images[keep], [ids[i] for i in keep]
+        idx = [i for i, (n, _) in enumerate(faces) if n == name]
+        keep += rng.choice(idx, size=min(per, len(idx)), replace=False).tolist()
+    return [faces[i] for i in sorted(keep)]
 
 
-def verification_pairs(identities: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """All genuine pairs and as many seeded random impostor pairs: (pairs (P, 2), issame (P,))."""
-    rng = np.random.default_rng(seed)
-    ids = np.array(identities)
-    genuine = [(i, j) for i in range(len(ids)) for j in range(i + 1, len(ids)) if ids[i] == ids[j]]
-    impostor = set()
-    while len(impostor) < len(genuine):
-        i, j = (int(x) for x in rng.integers(0, len(ids), 2))
-        if ids[i] != ids[j]:
-            impostor.add((min(i, j), max(i, j)))
-    pairs = genuine + sorted(impostor)
-    issame = np.array([True] * len(genuine) + [False] * len(impostor))
-    order = rng.permutation(len(pairs))
-    return np.array(pairs)[order], issame[order]
+def verify(model, victims_dir: Path, args) -> dict[str, Any]:
+    """Verification on the victims' pairs: RGB through its backbone, privacy rows protect -> recognize."""
+    from facesynth.pipelines.pairs import verification_set_from_shards
+    from facesynth.privacy.api import PrivacyMethod
+    from facesynth.privacy.evaluation import evaluate_privacy_method
+    from facesynth.recognizers.encoders import TorchEncoder
+    from facesynth.recognizers.verification import evaluate_benchmark
 
-
-@torch.no_grad()
-def embeddings_of(method, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:
-    method.eval()
-    if hasattr(method, "reset_eval_rng"):
-        method.reset_eval_rng(0)
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        out.append(
-            torch.nn.functional.normalize(method.embed(images[start : start + batch_size]).float(), dim=1)
-        )
-    return torch.cat(out).numpy()
-
-
-def verify(method, images: torch.Tensor, identities: list[str], seed: int) -> dict[str, float]:
-    from facesynth.recognizers.verification import evaluate_embeddings
-
-    emb = embeddings_of(method, images)
-    pairs, issame = verification_pairs(identities, seed)
-    interleaved = emb[pairs.reshape(-1)]
-    result = evaluate_embeddings(interleaved, issame, fars=(1e-2,))
+    pairs = verification_set_from_shards(
+        victims_dir, num_pairs=args.max_pairs, seed=args.seed, name="victims"
+    )
+    if isinstance(model, PrivacyMethod):
+        report = evaluate_privacy_method(model, [pairs], seeds=args.query_seeds, batch_size=32, flip=False)
+        summary = report["summary"][0]
+        return {
+            "accuracy": summary["accuracy"]["mean"],
+            "seed_std": summary["accuracy"]["std"],
+            "fold_std": summary["fold_std"],
+            "seeds": report["seeds"],
+            "num_pairs": summary["num_pairs"],
+        }
+    result = evaluate_benchmark(
+        TorchEncoder(model.backbone, description="rgb"), pairs, batch_size=32, flip=False
+    )
     return {
         "accuracy": result["accuracy"],
-        "accuracy_std": result["accuracy_std"],
-        "num_pairs": int(len(issame)),
+        "seed_std": 0.0,
+        "fold_std": result["accuracy_std"],
+        "seeds": [],
+        "num_pairs": result["num_pairs"],
     }
 
 
@@ -292,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-victims", type=int, default=50, help="victim images (verification and attack)")
     parser.add_argument(
+        "--max-pairs", type=int, default=1000, help="verification pairs over the victims (half genuine)"
+    )
+    parser.add_argument(
+        "--query-seeds", type=int, nargs="+", default=[0, 1, 2], help="randomised methods: one run per seed"
+    )
+    parser.add_argument(
         "--encoder", default=None, help="independent identity encoder (default: the RGB row's model)"
     )
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
@@ -324,10 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     splits = split_identities(faces)
     work = args.out
     train_dir = write_split(splits["train"], work / "data" / "train")
-    public, public_ids = _cap(*to_tensor(splits["public"]), args.max_public, args.seed)
-    victims, victim_ids = _cap(*to_tensor(splits["victims"]), args.max_victims, args.seed + 1)
+    public, public_ids = to_tensor(_cap(splits["public"], args.max_public, args.seed))
+    victim_faces = _cap(splits["victims"], args.max_victims, args.seed + 1)
+    victims, victim_ids = to_tensor(victim_faces)
     # verification on the victim identities: unseen by every recognizer and by the attacker
-    unseen, unseen_ids = victims, victim_ids
+    victims_dir = write_split(victim_faces, work / "data" / "victims")
     assert not set(public_ids) & set(victim_ids)
     logger.info(
         "data %s: train %d images / %d ids, public %d / %d, victims %d / %d",
@@ -408,14 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     for row in args.rows:
         method = models[row]
         t0 = time.perf_counter()
-        results[row]["verification"] = verify(method, unseen, unseen_ids, args.seed)
+        results[row]["verification"] = verify(method, victims_dir, args)
         if row == "rgb":
-            results[row]["payload_bytes"] = payload_bytes(None, unseen)
+            results[row]["payload_bytes"] = payload_bytes(None, victims)
 
             def protect(images, seed):
                 return images
         else:
-            results[row]["payload_bytes"] = payload_bytes(method, unseen)
+            results[row]["payload_bytes"] = payload_bytes(method, victims)
 
             def protect(images, seed, method=method):
                 return method.protect(images, seed=seed)
@@ -435,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         "public_images": len(public_ids),
         "victim_images": len(victim_ids),
         "victim_identities": len(set(victim_ids)),
-        "verification_identities": len(set(unseen_ids)),
+        "verification_identities": len(set(victim_ids)),
+        "verification_pairs": results[args.rows[0]]["verification"]["num_pairs"],
+        "query_seeds": args.query_seeds,
         "backbone": args.backbone,
         "batch_size": args.batch_size,
         "lr": args.lr,
@@ -470,7 +471,7 @@ def _best_leak(metrics: dict[str, Any]) -> tuple[float, float]:
 
 def markdown_table(results: dict[str, Any], meta: dict[str, Any]) -> str:
     head = (
-        "| method | stages | verification acc | payload bytes/query | decoder PSNR | decoder SSIM | decoder leakage "
+        "| method | stages | verification acc (seeds) | payload bytes/query | decoder PSNR | decoder SSIM | decoder leakage "
         "| decoder success | ridge PSNR | ridge SSIM | ridge leakage | ridge success | protects better than RGB |"
     )
     lines = [
@@ -495,14 +496,18 @@ def markdown_table(results: dict[str, Any], meta: dict[str, Any]) -> str:
         def f(m, k, fmt="{:.3f}"):
             return fmt.format(m[k]) if k in m else "n/a"
 
+        acc = f"{v['accuracy']:.3f} ± {v['seed_std']:.3f}" if v["seeds"] else f"{v['accuracy']:.3f} (det.)"
         lines.append(
-            f"| {row} | {r['stages']} | {v['accuracy']:.3f} ± {v['accuracy_std']:.3f} | {r['payload_bytes']:,} | "
+            f"| {row} | {r['stages']} | {acc} | {r['payload_bytes']:,} | "
             f"{f(dec, 'psnr', '{:.2f}')} | {f(dec, 'ssim')} | {f(dec, 'identity_leakage')} | {f(dec, 'attack_success')} | "
             f"{f(rid, 'psnr', '{:.2f}')} | {f(rid, 'ssim')} | {f(rid, 'identity_leakage')} | {f(rid, 'attack_success')} | {verdict} |"
         )
     noinfo = next(iter(results.values()))["attack"]["no_information"]
     lines += [
         "",
+        f"Verification: {meta['verification_pairs']} pairs over {meta['verification_identities']} unseen identities; "
+        f"randomised methods mean ± std over query seeds {meta['query_seeds']}, deterministic ones (det.) one run. "
+        "Payload: uint8 image for RGB, float32 tensors (+ masks) for the protected rows.",
         f"No-information floor (public mean face for every victim): PSNR {noinfo['psnr']:.2f}, SSIM {noinfo['ssim']:.3f}, "
         f"leakage {noinfo.get('identity_leakage', float('nan')):.3f}, success {noinfo.get('attack_success', float('nan')):.3f}. "
         f"Originals verified at that FAR: {noinfo.get('reference_tar', float('nan')):.3f}.",
