@@ -223,6 +223,7 @@ def train_stage(method_name: str, options: dict[str, Any], data: Path, out: Path
         batch_size=args.batch_size,
         max_steps=steps,
         lr=args.lr,
+        margin_scale=args.margin_scale,
         num_workers=0,
         progress=False,
         tensorboard=False,
@@ -273,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default="tiny")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument(
+        "--margin-scale",
+        type=float,
+        default=64.0,
+        help="ArcFace s (64 as arcface_torch; 16 suits tens of classes)",
+    )
     parser.add_argument(
         "--decoder-steps", type=int, default=None, help="attack decoder steps (default: from budget)"
     )
@@ -440,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         "backbone": args.backbone,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "margin_scale": args.margin_scale,
         "steps_per_stage": steps,
         "decoder_steps": decoder_steps,
         "decoder_widths": args.decoder_widths,
@@ -476,7 +484,7 @@ def markdown_table(results: dict[str, Any], meta: dict[str, Any]) -> str:
     )
     lines = [
         f"Privacy comparison ({meta['data']}, backbone {meta['backbone']}, {meta['steps_per_stage']} steps per stage, "
-        f"batch {meta['batch_size']}, lr {meta['lr']}; attack decoder {meta['decoder_steps']} steps; "
+        f"batch {meta['batch_size']}, lr {meta['lr']}, ArcFace s {meta.get('margin_scale', 64.0):g}; attack decoder {meta['decoder_steps']} steps; "
         f"success at FAR {meta['far']:g}; identity encoder: {meta['encoder']}; wall {meta['wall_seconds']:.0f} s)",
         "",
         head,
