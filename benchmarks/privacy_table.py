@@ -25,9 +25,13 @@ Data: ``--data orl`` (ORL faces from ../shared/datasets, grey 92 x 112 padded to
 identities: 20 train, 10 attacker-public, 10 victims) or
 ``--data parametric`` (the parametric renderer; identities split 50/25/25 the same way).
 
-    python -m facesynth.benchmarks.privacy_table --data orl --minutes 12
-    python -m facesynth.benchmarks.privacy_table --data parametric --identities 400 --steps 3000 \\
-        --backbone r18 --batch-size 64 --decoder-steps 3000 --out runs/privacy-table
+    python -m facesynth.benchmarks.privacy_table --data orl --minutes 12   # a quick look
+    # the README / closing-note tables (2-core CPU, about 95 min each with one thread):
+    python -m facesynth.benchmarks.privacy_table --data orl --steps 200 --decoder-steps 500 \
+        --max-public 100 --max-victims 100 --max-pairs 400 --threads 1 --out runs/privacy-table-orl
+    python -m facesynth.benchmarks.privacy_table --data parametric --identities 80 --per-identity 10 \
+        --steps 250 --margin-scale 16 --decoder-steps 500 --max-public 200 --max-victims 200 \
+        --max-pairs 400 --threads 1 --out runs/privacy-table-parametric
 
 ``--minutes`` sets the per-stage step count from a quick timing of each method (a short-budget run:
 the numbers show the harness working, not converged models); ``--steps`` fixes it instead.
