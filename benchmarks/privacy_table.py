@@ -26,7 +26,7 @@ identities: 20 train, 10 attacker-public, 10 victims) or
 ``--data parametric`` (the parametric renderer; identities split 50/25/25 the same way).
 
     python -m facesynth.benchmarks.privacy_table --data orl --minutes 12   # a quick look
-    # the README / closing-note tables (2-core CPU, about 95 min each with one thread):
+    # the README / closing-note tables (2-core CPU, 95 and 113 min with one thread each):
     python -m facesynth.benchmarks.privacy_table --data orl --steps 200 --decoder-steps 500 \
         --max-public 100 --max-victims 100 --max-pairs 400 --threads 1 --out runs/privacy-table-orl
     python -m facesynth.benchmarks.privacy_table --data parametric --identities 80 --per-identity 10 \
