@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from facesynth.core.shard_format import encode_image
 from facesynth.generators.parametric_renderer import (
     ParametricRenderer,
     best_threshold_accuracy,
@@ -31,7 +32,6 @@ from facesynth.generators.parametric_renderer import (
     verification_pairs,
 )
 from facesynth.generators.registry import SampleRequest, sample_seed
-from facesynth.pipelines.shard_format import encode_image
 
 
 def _requests(seed: int, labels: range, per_identity: int) -> list[SampleRequest]:

@@ -24,8 +24,8 @@ import torch
 
 
 def make_dataset(folder: Path, identities: int, per_identity: int) -> Path:
+    from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
     from facesynth.generators.registry import SampleRequest, build_generator
-    from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 
     generator = build_generator("parametric", num_identities=identities, seed=0)
     rows = []
@@ -63,7 +63,7 @@ def main() -> None:
 
     from torch.utils.data import DataLoader
 
-    from facesynth.pipelines.shard_reader import ShardDataset
+    from facesynth.core.shard_reader import ShardDataset
     from facesynth.recognizers.heads import build_head
     from facesynth.recognizers.methods import build_method
     from facesynth.recognizers.partial_fc import PartialFC

@@ -94,8 +94,8 @@ def train_fr(data: Path, out: Path, steps: int, seed: int, input_size: int) -> P
 
 def load_rows(data: Path) -> dict[str, Any]:
     """All images (uint8 N x 112 x 112 x 3), labels and attributes of a rendered set."""
-    from facesynth.pipelines.shard_format import decode_image
-    from facesynth.pipelines.shard_reader import read_columns
+    from facesynth.core.shard_format import decode_image
+    from facesynth.core.shard_reader import read_columns
 
     table = read_columns(data, ["image", "label", "identity", "index", "attributes"])
     images = np.stack([decode_image(cell["bytes"]) for cell in table.column("image").to_pylist()])
@@ -123,7 +123,7 @@ def embed(encoder: Any, images: np.ndarray, batch: int = 64) -> np.ndarray:
 
 def write_conditioned(rows: dict[str, Any], embeddings: np.ndarray, folder: Path) -> Path:
     """The ID3 training shards: the rendered faces with encoder A's embeddings as the condition."""
-    from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+    from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 
     shard_rows = [
         ShardRow(

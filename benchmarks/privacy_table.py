@@ -123,7 +123,7 @@ def parametric_faces(identities: int, per_identity: int, seed: int) -> list[tupl
 
 
 def write_split(faces: list[tuple[str, np.ndarray]], folder: Path) -> Path:
-    from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+    from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 
     names = sorted({n for n, _ in faces})
     label = {n: i for i, n in enumerate(names)}
@@ -149,7 +149,7 @@ def split_identities(faces, fractions=(0.5, 0.25)):
 
 
 def to_tensor(faces) -> tuple[torch.Tensor, list[str]]:
-    from facesynth.pipelines.shard_reader import image_to_tensor
+    from facesynth.core.shard_reader import image_to_tensor
 
     return torch.stack([image_to_tensor(im) for _, im in faces]), [n for n, _ in faces]
 

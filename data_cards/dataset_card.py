@@ -193,7 +193,7 @@ def build_dataset_card(facts: DatasetCardFacts, template_path: str | Path | None
 
 def write_dataset_card(facts: DatasetCardFacts, folder: str | Path) -> Path:
     """Write ``folder/README.md`` atomically and return its path."""
-    from facesynth.pipelines.atomic_io import atomic_write
+    from facesynth.core.atomic_io import atomic_write
 
     card = build_dataset_card(facts)
     path = Path(folder) / "README.md"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from facesynth.pipelines.atomic_io import atomic_write
+from facesynth.core.atomic_io import atomic_write
 
 
 def _pyplot():

@@ -151,7 +151,7 @@ def build_model_card(facts: ModelCardFacts, template_path: str | Path | None = N
 
 def write_model_card(facts: ModelCardFacts, folder: str | Path) -> Path:
     """Write ``folder/README.md`` atomically and return its path."""
-    from facesynth.pipelines.atomic_io import atomic_write
+    from facesynth.core.atomic_io import atomic_write
 
     path = Path(folder) / "README.md"
     with atomic_write(path) as handle:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from facesynth.pipelines.config import StageConfig
+from facesynth.core.config import StageConfig
 
 ATTRIBUTE_NAMES = ("yaw", "pitch", "roll", "age")
 # Bin widths for the attribute entropies: 10 degrees of pose, 10 years of age.

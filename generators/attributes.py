@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from facesynth.pipelines.errors import FacesynthError
-from facesynth.pipelines.shard_format import ATTRIBUTE_NAMES
+from facesynth.core.errors import FacesynthError
+from facesynth.core.shard_format import ATTRIBUTE_NAMES
 
 __all__ = [
     "ATTRIBUTE_NAMES",

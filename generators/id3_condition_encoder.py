@@ -20,8 +20,8 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from facesynth.core.errors import FacesynthError
 from facesynth.generators.attributes import NUM_ATTRIBUTES, check_attributes
-from facesynth.pipelines.errors import FacesynthError
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 

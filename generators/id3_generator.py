@@ -47,6 +47,9 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
+from facesynth.core.config import StageConfig
+from facesynth.core.errors import ConfigError, FacesynthError
+from facesynth.core.shard_format import IMAGE_SIZE
 from facesynth.generators.identity_sampling import (
     DEFAULT_COS_BAND,
     IdentityPlan,
@@ -61,9 +64,6 @@ from facesynth.generators.registry import (
     checked_dataset_args,
     register_generator,
 )
-from facesynth.pipelines.config import StageConfig
-from facesynth.pipelines.errors import ConfigError, FacesynthError
-from facesynth.pipelines.shard_format import IMAGE_SIZE
 
 logger = logging.getLogger(__name__)
 

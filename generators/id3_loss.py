@@ -29,8 +29,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from facesynth.pipelines.config import StageConfig
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.config import StageConfig
+from facesynth.core.errors import FacesynthError
 
 Schedule = Literal["id3_sigmoid", "constant", "snr_clipped", "id3_sigmoid_snr"]
 SCHEDULES: tuple[str, ...] = ("id3_sigmoid", "constant", "snr_clipped", "id3_sigmoid_snr")

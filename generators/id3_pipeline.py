@@ -18,7 +18,7 @@ information, which encoder the model was trained against (free text given by the
 
 Inputs: unit-norm identity embeddings (B, D) and attributes (B, 4) in physical units (yaw, pitch,
 roll in degrees, age in years; see :mod:`facesynth.generators.attributes`); ``None`` attributes mean
-the neutral values. Bad input raises :class:`~facesynth.pipelines.errors.FacesynthError`.
+the neutral values. Bad input raises :class:`~facesynth.core.errors.FacesynthError`.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.generators.attributes import attributes_to_array, normalize_attributes
 from facesynth.generators.id3_condition_encoder import ID3ConditionEncoder
 from facesynth.generators.id3_loss import embed_for_identity, require_differentiable
 from facesynth.generators.id3_sampling import KAPPA_SCHEDULES, adjusted_noise, kappa_at
-from facesynth.pipelines.errors import ConfigError, FacesynthError
 
 CONDITION_ENCODER_ENTRY = ["facesynth.generators.id3_condition_encoder", "ID3ConditionEncoder"]
 

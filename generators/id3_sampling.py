@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
+from facesynth.core.errors import FacesynthError
 from facesynth.generators.id3_loss import embed_for_identity
-from facesynth.pipelines.errors import FacesynthError
 
 KAPPA_SCHEDULES: tuple[str, ...] = ("alpha_bar", "constant")
 

@@ -42,13 +42,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch.utils.data import DataLoader
 
+from facesynth.core.checkpoints import TRAINER_STATE, find_checkpoint, prune_checkpoints
+from facesynth.core.config import StageConfig
+from facesynth.core.errors import ConfigError, FacesynthError, ShardError
 from facesynth.generators.attributes import attributes_to_array, normalize_attributes
 from facesynth.generators.id3_condition_encoder import ID3ConditionEncoder
 from facesynth.generators.id3_loss import ID3LossConfig, id3_loss, require_differentiable
 from facesynth.generators.id3_unet import build_id3_unet
-from facesynth.pipelines.checkpoints import TRAINER_STATE, find_checkpoint, prune_checkpoints
-from facesynth.pipelines.config import StageConfig
-from facesynth.pipelines.errors import ConfigError, FacesynthError, ShardError
 
 logger = logging.getLogger("facesynth.id3_trainer")
 
@@ -166,8 +166,8 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def check_training_data(sources: list[str]) -> int:
     """Embedding width of the training data, read from the shard schemas (no data is loaded)."""
-    from facesynth.pipelines.shard_format import embedding_dim_of, read_schema
-    from facesynth.pipelines.shard_reader import dataset_files
+    from facesynth.core.shard_format import embedding_dim_of, read_schema
+    from facesynth.core.shard_reader import dataset_files
 
     widths: dict[int, str] = {}
     for source in sources:
@@ -188,7 +188,7 @@ def _fixed_conditions(sources: list[str], count: int) -> tuple[torch.Tensor, np.
     """The first ``count`` (embedding, attributes) rows: the fixed conditions of the sample grids."""
     import pyarrow.parquet as pq
 
-    from facesynth.pipelines.shard_reader import dataset_files
+    from facesynth.core.shard_reader import dataset_files
 
     embeddings: list[Any] = []
     attributes: list[Any] = []
@@ -212,7 +212,7 @@ def save_grid(images: np.ndarray, path: Path, columns: int = 8) -> None:
     """(N, H, W, 3) floats in [0, 1] -> one PNG grid (written atomically)."""
     from PIL import Image
 
-    from facesynth.pipelines.atomic_io import commit_temp_file, temp_path_for
+    from facesynth.core.atomic_io import commit_temp_file, temp_path_for
 
     n, h, w, _ = images.shape
     columns = min(columns, n)
@@ -236,9 +236,9 @@ def train_id3(config: ID3TrainConfig, identity_encoder: Any | None = None) -> ID
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
+    from facesynth.core.accelerator import make_accelerator
+    from facesynth.core.shard_reader import ShardDataset
     from facesynth.generators.id3_pipeline import ID3Pipeline
-    from facesynth.pipelines.accelerator import make_accelerator
-    from facesynth.pipelines.shard_reader import ShardDataset
 
     run_dir = Path(config.output_dir)
     accelerator = make_accelerator(

@@ -13,7 +13,7 @@ from typing import Any
 
 from diffusers import UNet2DConditionModel
 
-from facesynth.pipelines.errors import ConfigError
+from facesynth.core.errors import ConfigError
 
 #: name -> (block widths, cross-attention flag per level, layers per block, norm groups, head dim)
 UNET_PRESETS: dict[str, tuple[tuple[int, ...], tuple[bool, ...], int, int, int]] = {

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.generators.attributes import ATTRIBUTE_NAMES, NEUTRAL_ATTRIBUTES, check_attributes
-from facesynth.pipelines.errors import ConfigError, FacesynthError
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class AttributeSampler:
     @classmethod
     def from_shards(cls, sources: str | os.PathLike | Sequence[str | os.PathLike]) -> AttributeSampler:
         """The non-null ``attributes`` of v1 shard folders/files (no images are read)."""
-        from facesynth.pipelines.shard_reader import read_columns
+        from facesynth.core.shard_reader import read_columns
 
         column = read_columns(sources, ["attributes"]).column("attributes").combine_chunks()
         valid = column.filter(column.is_valid())
@@ -231,7 +231,7 @@ def load_anchor_file(path: str | os.PathLike, num_identities: int, dim: int | No
 
 def reference_embeddings(sources: Sequence[str | os.PathLike], dim: int | None = None) -> np.ndarray:
     """The ``embedding`` column of reference shards (e.g. the generator's training set), validated."""
-    from facesynth.pipelines.shard_reader import read_columns
+    from facesynth.core.shard_reader import read_columns
 
     column = read_columns(list(sources), ["embedding"]).column("embedding").combine_chunks()
     if column.null_count:
@@ -266,7 +266,7 @@ def make_anchors(
         return load_anchor_file(method, num_identities, dim)
     cache = None
     if cache_dir is not None:
-        from facesynth.pipelines.atomic_io import config_hash
+        from facesynth.core.atomic_io import config_hash
 
         settings = {
             "n": num_identities,
@@ -286,7 +286,7 @@ def make_anchors(
         num_identities, dim, seed, method, subspace_rank, reference, tammes_steps, device, progress
     )
     if cache is not None:
-        from facesynth.pipelines.atomic_io import atomic_write
+        from facesynth.core.atomic_io import atomic_write
 
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(cache) as handle:

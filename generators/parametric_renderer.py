@@ -55,6 +55,8 @@ import numpy as np
 from pydantic import Field
 from scipy.ndimage import gaussian_filter
 
+from facesynth.core.config import StageConfig
+from facesynth.core.errors import FacesynthError
 from facesynth.generators.registry import (
     FaceGenerator,
     GeneratedFace,
@@ -62,8 +64,6 @@ from facesynth.generators.registry import (
     checked_dataset_args,
     register_generator,
 )
-from facesynth.pipelines.config import StageConfig
-from facesynth.pipelines.errors import FacesynthError
 from facesynth.recognizers.alignment import ARCFACE_TEMPLATE
 
 #: Bump when a change alters the pixels a given request produces (it is part of ``config()``).

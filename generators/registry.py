@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from facesynth.pipelines.errors import ConfigError
+from facesynth.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from facesynth.pipelines.config import StageConfig
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.config import StageConfig
+from facesynth.core.errors import FacesynthError
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def load_faces(
     sources: Sequence[str], max_images: int | None = None, seed: int = 0
 ) -> tuple[torch.Tensor, list[str]]:
     """All (or a seeded random ``max_images``) faces of shard datasets: images in [-1, 1] and identities."""
-    from facesynth.pipelines.shard_reader import ShardDataset
+    from facesynth.core.shard_reader import ShardDataset
 
     dataset = ShardDataset(list(sources), shuffle=False, columns=["identity"], even_split=False)
     images, identities = [], []
@@ -195,7 +195,7 @@ def markdown_report(results: dict[str, Any]) -> str:
 
 def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
     """Run the attack described by ``config`` and write its report; returns the JSON-able results."""
-    from facesynth.pipelines.atomic_io import write_json_atomic
+    from facesynth.core.atomic_io import write_json_atomic
     from facesynth.privacy.api import load_privacy_method
     from facesynth.privacy.attacks import run_attack
 

@@ -17,11 +17,11 @@ from typing import Any, Literal
 
 import pyarrow.parquet as pq
 
-from facesynth.pipelines.config import load_config_file
-from facesynth.pipelines.errors import FacesynthError, ShardError
-from facesynth.pipelines.manifest import MANIFEST_NAME, Manifest
+from facesynth.core.config import load_config_file
+from facesynth.core.errors import FacesynthError, ShardError
+from facesynth.core.manifest import MANIFEST_NAME, Manifest
+from facesynth.core.shard_format import read_schema
 from facesynth.pipelines.quality import QUALITY_JSON
-from facesynth.pipelines.shard_format import read_schema
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def dataset_card_facts(
     """The :class:`~facesynth.data_cards.dataset_card.DatasetCardFacts` of a shard folder."""
     from datasets import Features
 
+    from facesynth.core.shard_reader import dataset_files
     from facesynth.data_cards.dataset_card import DatasetCardFacts
-    from facesynth.pipelines.shard_reader import dataset_files
 
     folder = Path(folder)
     manifest = Manifest.read(folder)

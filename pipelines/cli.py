@@ -15,8 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from facesynth import __version__
-from facesynth.pipelines.config import load_config_file
-from facesynth.pipelines.errors import ConfigError, FacesynthError
+from facesynth.core.config import load_config_file
+from facesynth.core.errors import ConfigError, FacesynthError
 
 # name -> module under facesynth.pipelines.commands; order is the order shown in --help.
 COMMANDS: dict[str, str] = {

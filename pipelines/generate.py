@@ -28,13 +28,12 @@ from typing import Any, Literal
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from facesynth.generators.registry import FaceGenerator, SampleRequest, build_generator, sample_seed
-from facesynth.pipelines.accelerator import partial_state
-from facesynth.pipelines.atomic_io import TMP_SUFFIX, config_hash, sha256_file, write_json_atomic
-from facesynth.pipelines.config import StageConfig
-from facesynth.pipelines.errors import FacesynthError, ShardError
-from facesynth.pipelines.manifest import Manifest, ShardRecord, manifest_exists
-from facesynth.pipelines.shard_format import (
+from facesynth.core.accelerator import partial_state
+from facesynth.core.atomic_io import TMP_SUFFIX, config_hash, sha256_file, write_json_atomic
+from facesynth.core.config import StageConfig
+from facesynth.core.errors import FacesynthError, ShardError
+from facesynth.core.manifest import Manifest, ShardRecord, manifest_exists
+from facesynth.core.shard_format import (
     DATA_DIR,
     ShardRow,
     check_schema,
@@ -44,6 +43,7 @@ from facesynth.pipelines.shard_format import (
     shard_name,
     write_shard,
 )
+from facesynth.generators.registry import FaceGenerator, SampleRequest, build_generator, sample_seed
 
 logger = logging.getLogger(__name__)
 

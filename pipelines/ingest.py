@@ -35,11 +35,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from facesynth.pipelines.atomic_io import config_hash, sha256_file, write_json_atomic
-from facesynth.pipelines.config import StageConfig
-from facesynth.pipelines.errors import FacesynthError
-from facesynth.pipelines.manifest import MANIFEST_NAME, Manifest, ShardRecord
-from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+from facesynth.core.atomic_io import config_hash, sha256_file, write_json_atomic
+from facesynth.core.config import StageConfig
+from facesynth.core.errors import FacesynthError
+from facesynth.core.manifest import MANIFEST_NAME, Manifest, ShardRecord
+from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def _hf_source(root: Path, config: IngestConfig) -> list[SourceIdentity]:
 def _shard_source(root: Path) -> list[SourceIdentity]:
     import pyarrow.parquet as pq
 
-    from facesynth.pipelines.shard_reader import dataset_files, read_columns
+    from facesynth.core.shard_reader import dataset_files, read_columns
 
     files = dataset_files(root)
     table = read_columns(root, ["label", "identity", "attributes"])

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from facesynth.pipelines.errors import ShardError
-from facesynth.pipelines.shard_format import decode_image
-from facesynth.pipelines.shard_reader import read_columns
+from facesynth.core.errors import ShardError
+from facesynth.core.shard_format import decode_image
+from facesynth.core.shard_reader import read_columns
 from facesynth.recognizers.benchmark_files import VerificationSet, write_bin
 
 

@@ -1,7 +1,7 @@
 """The ``publish`` stage: validate a dataset or model folder, then upload it to the Hugging Face Hub.
 
 Validation comes first and needs no network: for a dataset, the manifest check of
-:func:`facesynth.pipelines.verify.verify_dataset` (every shard present, sha256 and row counts
+:func:`facesynth.core.integrity.verify_dataset` (every shard present, sha256 and row counts
 right, no stray shards), the card (``README.md`` parses with ``huggingface_hub``'s card classes, has a
 licence, allowed ``size_categories``, ``configs`` whose data files match the shards, split sizes that
 agree with the manifest), and ``datasets`` loading the folder through those configs; for a model, the
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from facesynth.core.errors import FacesynthError
 from facesynth.pipelines.cards import CARD_NAME, folder_kind
-from facesynth.pipelines.errors import FacesynthError
 
 logger = logging.getLogger(__name__)
 
@@ -297,8 +297,8 @@ def plan_upload(
     files = list_upload_files(folder)
     problems: list[str] = []
     if kind == "dataset":
-        from facesynth.pipelines.manifest import Manifest
-        from facesynth.pipelines.verify import verify_dataset
+        from facesynth.core.integrity import verify_dataset
+        from facesynth.core.manifest import Manifest
 
         problems += verify_dataset(folder, image_stride=64)
         num_rows = None

@@ -31,17 +31,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from facesynth.core.atomic_io import atomic_write, write_json_atomic
+from facesynth.core.config import StageConfig
+from facesynth.core.errors import FacesynthError, ShardError
+from facesynth.core.shard_format import decode_image, read_schema
+from facesynth.core.shard_reader import ShardDataset, dataset_files, read_columns
 from facesynth.data_cards.quality_metrics import (
     ATTRIBUTE_NAMES,
     QualitySettings,
     class_centres,
     encode_labels,
 )
-from facesynth.pipelines.atomic_io import atomic_write, write_json_atomic
-from facesynth.pipelines.config import StageConfig
-from facesynth.pipelines.errors import FacesynthError, ShardError
-from facesynth.pipelines.shard_format import decode_image, read_schema
-from facesynth.pipelines.shard_reader import ShardDataset, dataset_files, read_columns
 
 logger = logging.getLogger(__name__)
 

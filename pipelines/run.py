@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import Field
 
-from facesynth.pipelines.atomic_io import config_hash, write_json_atomic
-from facesynth.pipelines.config import StageConfig, load_config_file
+from facesynth.core.atomic_io import config_hash, write_json_atomic
+from facesynth.core.config import StageConfig, load_config_file
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from facesynth.pipelines.errors import ConfigError, FacesynthError
+from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.privacy.frequency_frontend import FrequencyFrontend
 from facesynth.privacy.payload import PAYLOAD_VERSION, Payload, PayloadHeader
 from facesynth.recognizers.methods import RecognitionMethod, build_method, load_method, register_method

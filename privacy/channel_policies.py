@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from facesynth.pipelines.errors import ConfigError, FacesynthError
+from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.privacy.frequency_frontend import FREQS, NUM_CHANNELS, NUM_COLOURS
 
 #: DCTDP drops the DC coefficient of each colour component.

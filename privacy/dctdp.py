@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from facesynth.pipelines.errors import ConfigError, FacesynthError
+from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.privacy.api import PrivacyMethod, register_privacy_method
 from facesynth.privacy.channel_policies import DropDCPolicy
 

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facesynth.pipelines.errors import ConfigError, FacesynthError
+from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.privacy.api import PrivacyMethod, register_privacy_method
 from facesynth.privacy.channel_policies import DUETFACE_CLIENT, SplitPolicy
 from facesynth.privacy.payload import Payload

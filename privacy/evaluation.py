@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 from facesynth.privacy.api import PrivacyMethod, load_privacy_method
 from facesynth.recognizers.encoders import IdentityEncoder
 
@@ -178,7 +178,7 @@ def bench_privacy(
 ) -> dict[str, Any]:
     """Load a trained privacy method, evaluate it over seeds, write ``bench_privacy.json`` / ``.md``."""
     import facesynth.privacy  # noqa: F401  (register every method before loading)
-    from facesynth.pipelines.atomic_io import atomic_write, write_json_atomic
+    from facesynth.core.atomic_io import atomic_write, write_json_atomic
 
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"

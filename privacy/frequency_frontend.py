@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 
 #: JPEG full-range RGB -> YCbCr (ITU-T T.871), rows Y, Cb, Cr; applied to RGB in [0, 255].
 YCBCR_MATRIX = np.array(

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from facesynth.pipelines.errors import ConfigError
+from facesynth.core.errors import ConfigError
 from facesynth.privacy.api import PrivacyMethod, register_privacy_method
 from facesynth.privacy.duetface import load_submodule_state
 from facesynth.privacy.frequency_frontend import NUM_CHANNELS

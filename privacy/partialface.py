@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from facesynth.pipelines.errors import ConfigError
+from facesynth.core.errors import ConfigError
 from facesynth.privacy.api import PrivacyMethod, register_privacy_method
 from facesynth.privacy.channel_policies import (
     PARTIALFACE_PRUNED,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 
 PAYLOAD_VERSION = 1
 _MAIN = "payload"

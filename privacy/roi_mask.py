@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 from facesynth.recognizers.alignment import template as arcface_template
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 
 ALIGNED_SIZE = 112
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 from facesynth.recognizers.iresnet import OFFICIAL_WIDTHS, IResNet
 
 BACKBONE_WEIGHTS = "backbone.safetensors"
@@ -132,7 +132,7 @@ def save_backbone(
     """
     from safetensors.torch import save_file
 
-    from facesynth.pipelines.atomic_io import commit_temp_file, temp_path_for, write_json_atomic
+    from facesynth.core.atomic_io import commit_temp_file, temp_path_for, write_json_atomic
 
     name = getattr(model, "backbone_name", None)
     if name is None:

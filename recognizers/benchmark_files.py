@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 
 #: Benchmarks arcface_torch validates on, in its order, plus the two cross-age/pose LFW variants.
 STANDARD_BENCHMARKS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from facesynth.pipelines.errors import ConfigError
+from facesynth.core.errors import ConfigError
 
 _EPS = 1e-7
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from facesynth.pipelines.errors import ConfigError, FacesynthError
+from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.recognizers.backbones import (
     _jsonable,
     build_backbone,
@@ -145,7 +145,7 @@ def save_method(
     """Write ``method.safetensors`` + ``method_config.json`` and the backbone files into ``folder``."""
     from safetensors.torch import save_file
 
-    from facesynth.pipelines.atomic_io import commit_temp_file, temp_path_for, write_json_atomic
+    from facesynth.core.atomic_io import commit_temp_file, temp_path_for, write_json_atomic
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 
 logger = logging.getLogger(__name__)
 

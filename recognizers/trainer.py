@@ -8,7 +8,7 @@ one CPU process and under ``accelerate launch`` on many GPUs/nodes (bf16/fp16 au
 Accelerate's ``mixed_precision``).
 
 Data: one or more shard folders (real or synthetic) streamed by
-:class:`~facesynth.pipelines.shard_reader.ShardDataset`, split by rank and worker. Each folder's
+:class:`~facesynth.core.shard_reader.ShardDataset`, split by rank and worker. Each folder's
 labels are shifted past the previous folders' so mixed datasets keep distinct classes; the number of
 classes is read from the label columns. Images are resized to the backbone's input size on the fly.
 
@@ -48,9 +48,9 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from facesynth.pipelines.checkpoints import TRAINER_STATE, find_checkpoint, prune_checkpoints
-from facesynth.pipelines.config import StageConfig
-from facesynth.pipelines.errors import ConfigError, FacesynthError, ShardError
+from facesynth.core.checkpoints import TRAINER_STATE, find_checkpoint, prune_checkpoints
+from facesynth.core.config import StageConfig
+from facesynth.core.errors import ConfigError, FacesynthError, ShardError
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def resolve_sources(sources: Sequence[str]) -> tuple[list[str], list[int], int]:
 
     A source's class count is its largest label + 1 (read from the label column only).
     """
-    from facesynth.pipelines.shard_reader import read_columns
+    from facesynth.core.shard_reader import read_columns
 
     offsets, total = [], 0
     for source in sources:
@@ -290,8 +290,8 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from facesynth.pipelines.accelerator import make_accelerator
-    from facesynth.pipelines.shard_reader import ShardDataset
+    from facesynth.core.accelerator import make_accelerator
+    from facesynth.core.shard_reader import ShardDataset
     from facesynth.recognizers.heads import build_head
     from facesynth.recognizers.methods import build_method, save_method
     from facesynth.recognizers.partial_fc import PartialFC

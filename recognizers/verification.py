@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 from facesynth.recognizers.benchmark_files import VerificationSet
 
 if TYPE_CHECKING:
@@ -252,7 +252,7 @@ def write_report(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """``bench.json``, ``bench.md`` (table with an average row) and ``roc.png`` in ``out_dir``."""
-    from facesynth.pipelines.atomic_io import atomic_write, write_json_atomic
+    from facesynth.core.atomic_io import atomic_write, write_json_atomic
 
     if not results:
         raise FacesynthError("no benchmark results to report")

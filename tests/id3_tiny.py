@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 from facesynth.recognizers.encoders import TorchEncoder
 
 EMBEDDING_DIM = 16

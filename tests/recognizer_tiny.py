@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 from facesynth.recognizers.trainer import RecognizerTrainConfig
 
 

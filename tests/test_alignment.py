@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 from facesynth.recognizers.alignment import (
     ARCFACE_TEMPLATE,
     NoneAligner,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 from facesynth.privacy.attacks import (
     DecoderConfig,
     RidgeInverse,
@@ -224,7 +224,7 @@ def test_trained_attack_refuses_payloads_of_another_method_or_key():
 def _write_faces(folder, identities, per_identity=2, seed=0):
     import numpy as np
 
-    from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+    from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 
     rng = np.random.default_rng(seed)
     rows = []

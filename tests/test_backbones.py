@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 from facesynth.recognizers.backbones import (
     BACKBONE_CONFIG,
     BACKBONE_WEIGHTS,

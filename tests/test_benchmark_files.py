@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 from facesynth.recognizers.benchmark_files import (
     UnsafePickleError,
     find_benchmarks,

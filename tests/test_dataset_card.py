@@ -9,6 +9,7 @@ from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard
 
+from facesynth.core.shard_format import ShardRow, features, rows_to_table, shard_name, write_shard
 from facesynth.data_cards.dataset_card import (
     DatasetCardFacts,
     build_dataset_card,
@@ -17,7 +18,6 @@ from facesynth.data_cards.dataset_card import (
     write_dataset_card,
 )
 from facesynth.data_cards.quality_metrics import QualitySettings, compute_quality
-from facesynth.pipelines.shard_format import ShardRow, features, rows_to_table, shard_name, write_shard
 
 
 def write_two_shards(folder, per_shard: int = 6, dim: int = 4) -> None:

@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 import torch
 
-from facesynth.pipelines.errors import ConfigError
+from facesynth.core.errors import ConfigError
 from facesynth.privacy.dctdp import DCTDP, NoisyActivation, laplace_noise
 from facesynth.recognizers.methods import build_method
 

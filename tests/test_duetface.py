@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 from facesynth.privacy.api import build_privacy_method, load_privacy_method
 from facesynth.privacy.duetface import MASK_NAMES
 from facesynth.recognizers.methods import save_method
@@ -117,7 +117,7 @@ def test_stages_train_the_right_parts_and_server_reuses_the_frozen_client(tmp_pa
 
 @pytest.mark.slow
 def test_train_recognizer_runs_both_stages(tmp_path):
-    from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+    from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
     from facesynth.recognizers.trainer import RecognizerTrainConfig, train_recognizer
 
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 from facesynth.recognizers.backbones import build_backbone, save_backbone
 from facesynth.recognizers.encoders import (
     InsightFaceEncoder,

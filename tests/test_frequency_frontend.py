@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 from facesynth.privacy.frequency_frontend import (
     NUM_CHANNELS,
     YCBCR_MATRIX,

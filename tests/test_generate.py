@@ -15,12 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from facesynth.core.errors import ConfigError, FacesynthError
+from facesynth.core.integrity import verify_dataset
+from facesynth.core.manifest import Manifest
 from facesynth.generators.registry import FaceGenerator, GeneratedFace, register_generator, sample_seed
 from facesynth.pipelines.cli import main
-from facesynth.pipelines.errors import ConfigError, FacesynthError
 from facesynth.pipelines.generate import GenerateConfig, generate_dataset, plan_shards
-from facesynth.pipelines.manifest import Manifest
-from facesynth.pipelines.verify import verify_dataset
 from facesynth.tests.cli_processes import run_cli
 
 
@@ -206,7 +206,7 @@ def test_one_vs_two_processes_give_identical_rows(tmp_path):
     ]
     single = run_cli("generate", *args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
-    two = run_cli("generate", *args, "--out", str(tmp_path / "two"), nproc=2, port=29533)
+    two = run_cli("generate", *args, "--out", str(tmp_path / "two"), nproc=2)
     assert two.returncode == 0, two.stderr[-3000:]
     assert _rows_by_key(tmp_path / "one") == _rows_by_key(tmp_path / "two")
     assert verify_dataset(tmp_path / "two") == []

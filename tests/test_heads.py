@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from facesynth.pipelines.errors import ConfigError
+from facesynth.core.errors import ConfigError
 from facesynth.recognizers.heads import CombinedMarginLoss, available_heads, build_head
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from facesynth.core.errors import FacesynthError
 from facesynth.generators.attributes import (
     NEUTRAL_ATTRIBUTES,
     attributes_to_array,
@@ -14,7 +15,6 @@ from facesynth.generators.attributes import (
     normalize_attributes,
 )
 from facesynth.generators.id3_condition_encoder import ID3ConditionEncoder
-from facesynth.pipelines.errors import FacesynthError
 
 
 def _encoder(**kwargs) -> ID3ConditionEncoder:

@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from facesynth.core.errors import ConfigError, FacesynthError
+from facesynth.core.shard_format import ShardRow, decode_image, rows_to_table, shard_name, write_shard
 from facesynth.generators.identity_sampling import make_anchors
 from facesynth.generators.registry import SampleRequest, build_generator, sample_seed
-from facesynth.pipelines.errors import ConfigError, FacesynthError
-from facesynth.pipelines.shard_format import ShardRow, decode_image, rows_to_table, shard_name, write_shard
 
 DIM = 16
 REFERENCE_ATTRIBUTES = [

@@ -8,10 +8,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
+from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.generators.id3_condition_encoder import ID3ConditionEncoder
 from facesynth.generators.id3_loss import ID3LossConfig, id3_loss, predict_x0, timestep_weight
 from facesynth.generators.id3_unet import build_id3_unet
-from facesynth.pipelines.errors import ConfigError, FacesynthError
 from facesynth.tests.id3_tiny import face_image, one_thread, tiny_encoder
 
 

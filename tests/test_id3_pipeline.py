@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMPipeline, DPMSolverMultistepScheduler, UNet2DModel
 
+from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.generators.id3_pipeline import ID3Pipeline
-from facesynth.pipelines.errors import ConfigError, FacesynthError
 from facesynth.tests.id3_tiny import one_thread, tiny_encoder, tiny_pipeline, unit_embeddings
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from facesynth.core.errors import ConfigError, ShardError
+from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 from facesynth.generators.id3_pipeline import ID3Pipeline
 from facesynth.generators.id3_trainer import train_id3
 from facesynth.pipelines.cli import main
-from facesynth.pipelines.errors import ConfigError, ShardError
-from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 from facesynth.tests.id3_tiny import (
     face_image,
     one_thread,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from facesynth.core.errors import FacesynthError
+from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 from facesynth.generators.identity_sampling import (
     AttributeSampler,
     IdentityPlan,
@@ -17,8 +19,6 @@ from facesynth.generators.identity_sampling import (
     make_anchors,
 )
 from facesynth.generators.registry import SampleRequest, sample_seed
-from facesynth.pipelines.errors import FacesynthError
-from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 
 
 def _unit(rng, n, d):

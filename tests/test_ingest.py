@@ -9,13 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from facesynth.core.errors import FacesynthError
+from facesynth.core.integrity import verify_dataset
+from facesynth.core.manifest import Manifest
+from facesynth.core.shard_format import decode_image
+from facesynth.core.shard_reader import read_columns
 from facesynth.pipelines.cli import main
-from facesynth.pipelines.errors import FacesynthError
 from facesynth.pipelines.ingest import REPORT_NAME, IngestConfig, ingest
-from facesynth.pipelines.manifest import Manifest
-from facesynth.pipelines.shard_format import decode_image
-from facesynth.pipelines.shard_reader import read_columns
-from facesynth.pipelines.verify import verify_dataset
 from facesynth.recognizers.backbones import build_backbone, save_backbone
 from facesynth.recognizers.encoders import load_encoder
 
@@ -187,7 +187,7 @@ def test_ingest_cli(tmp_path, tiny_model, capsys):
 
 
 def test_ingest_from_shards_keeps_attributes(tmp_path):
-    from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+    from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 
     pose = [{"yaw": 10.0 * i, "pitch": -5.0, "roll": 2.0, "age": 30.0 + i} for i in range(4)]
     rows = [

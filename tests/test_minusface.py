@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facesynth.pipelines.errors import FacesynthError
+from facesynth.core.errors import FacesynthError
 from facesynth.privacy.api import build_privacy_method, load_privacy_method
 from facesynth.recognizers.methods import save_method
 from facesynth.recognizers.trainer import lr_groups

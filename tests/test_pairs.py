@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from facesynth.core.errors import ShardError
+from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 from facesynth.pipelines.cli import main
-from facesynth.pipelines.errors import ShardError
 from facesynth.pipelines.pairs import verification_set_from_shards, write_pairs_bin
-from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 from facesynth.recognizers.benchmark_files import load_verification_set
 
 

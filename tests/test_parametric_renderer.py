@@ -11,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+from facesynth.core.errors import ConfigError, FacesynthError
+from facesynth.core.shard_format import ShardRow, check_schema, rows_to_table
 from facesynth.generators.parametric_renderer import (
     ARCFACE_TEMPLATE_112,
     ATTRIBUTE_RANGES,
@@ -19,8 +21,6 @@ from facesynth.generators.parametric_renderer import (
     raw_pixel_verification,
 )
 from facesynth.generators.registry import SampleRequest, build_generator, sample_seed
-from facesynth.pipelines.errors import ConfigError, FacesynthError
-from facesynth.pipelines.shard_format import ShardRow, check_schema, rows_to_table
 
 SEED = 7
 

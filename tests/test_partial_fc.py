@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facesynth.pipelines.errors import ConfigError
+from facesynth.core.errors import ConfigError
 from facesynth.recognizers.heads import build_head
 from facesynth.recognizers.partial_fc import PartialFC, class_slice
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facesynth.pipelines.errors import ConfigError, FacesynthError
+from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.privacy.channel_policies import (
     DUETFACE_CLIENT,
     PARTIALFACE_PRUNED,

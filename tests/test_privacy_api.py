@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import facesynth.privacy  # noqa: F401  (registers the methods)
-from facesynth.pipelines.errors import FacesynthError
-from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+from facesynth.core.errors import FacesynthError
+from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 from facesynth.privacy.api import (
     PrivacyMethod,
     available_privacy_methods,

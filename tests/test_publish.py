@@ -12,8 +12,8 @@ import shutil
 import pytest
 import yaml
 
+from facesynth.core.errors import FacesynthError
 from facesynth.pipelines.cli import main
-from facesynth.pipelines.errors import FacesynthError
 from facesynth.pipelines.generate import GenerateConfig, generate_dataset
 from facesynth.pipelines.publish import (
     IGNORE_PATTERNS,

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facesynth.core.errors import FacesynthError
+from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 from facesynth.generators.registry import FaceGenerator, GeneratedFace, register_generator
 from facesynth.pipelines.cli import main
-from facesynth.pipelines.errors import FacesynthError
 from facesynth.pipelines.generate import GenerateConfig, generate_dataset
 from facesynth.pipelines.quality import QualityConfig, run_quality
-from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 
 DIM = 128  # the tiny IResNet's embedding width, so conditions and encoder embeddings are comparable
 

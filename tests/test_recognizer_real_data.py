@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 from facesynth.recognizers.backbones import load_backbone
 from facesynth.recognizers.trainer import RecognizerTrainConfig, train_recognizer
 from facesynth.recognizers.verification import kfold_accuracy

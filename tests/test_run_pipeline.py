@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
+from facesynth.core.errors import ConfigError
 from facesynth.pipelines.cli import main
-from facesynth.pipelines.errors import ConfigError
 from facesynth.pipelines.run import builtin_config, load_run_config, run_pipeline
 
 TINY = {

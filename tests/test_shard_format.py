@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from facesynth.pipelines.errors import ShardError
-from facesynth.pipelines.shard_format import (
+from facesynth.core.errors import ShardError
+from facesynth.core.shard_format import (
     ShardRow,
     check_schema,
     decode_image,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from facesynth.pipelines.errors import ShardError
-from facesynth.pipelines.shard_format import ShardRow, rows_to_table, shard_name, write_shard
-from facesynth.pipelines.shard_reader import ShardDataset, read_columns
+from facesynth.core.errors import ShardError
+from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+from facesynth.core.shard_reader import ShardDataset, read_columns
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from facesynth.core.errors import FacesynthError
 from facesynth.generators.tammes import (
     SphereSubspace,
     min_angle_degrees,
@@ -15,7 +16,6 @@ from facesynth.generators.tammes import (
     random_sphere_points,
     solve_tammes,
 )
-from facesynth.pipelines.errors import FacesynthError
 
 
 def _brute_min_angle(points: torch.Tensor) -> float:

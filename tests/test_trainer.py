@@ -12,9 +12,9 @@ import pyarrow as pa
 import pytest
 import torch
 
+from facesynth.core.errors import ConfigError, FacesynthError, ShardError
+from facesynth.core.shard_format import arrow_schema, shard_name, write_shard
 from facesynth.pipelines.cli import main as cli_main
-from facesynth.pipelines.errors import ConfigError, FacesynthError, ShardError
-from facesynth.pipelines.shard_format import arrow_schema, shard_name, write_shard
 from facesynth.recognizers.backbones import load_backbone
 from facesynth.recognizers.methods import RecognitionMethod, load_method, register_method
 from facesynth.recognizers.trainer import RecognizerTrainConfig, lr_at, resolve_sources, train_recognizer
@@ -152,7 +152,6 @@ def test_two_cpu_processes_under_torchrun_train_one_model(faces, tmp_path):
         *("--sample-rate", "0.5", "--num-workers", "0", "--log-every", "1"),
         *("--no-progress", "--no-tensorboard", "--no-onnx"),
         nproc=2,
-        port=29547,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es), batch 8 each x 2 accumulation step(s)" in (run / "train.log").read_text()
@@ -274,7 +273,7 @@ def test_lr_and_decay_defaults():
 
 
 def test_periodic_verification_on_a_benchmark_file(faces, tmp_path):
-    from facesynth.pipelines.shard_reader import ShardDataset
+    from facesynth.core.shard_reader import ShardDataset
     from facesynth.recognizers.benchmark_files import write_bin
 
     by_label: dict[int, list[np.ndarray]] = {}

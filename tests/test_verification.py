@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from facesynth.core.errors import FacesynthError
 from facesynth.pipelines.cli import main
-from facesynth.pipelines.errors import FacesynthError
 from facesynth.recognizers.benchmark_files import load_bin, write_bin
 from facesynth.recognizers.encoders import TorchEncoder, images_to_tensor
 from facesynth.recognizers.verification import (

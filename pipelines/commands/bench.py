@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facesynth.pipelines.errors import FacesynthError
+    from facesynth.core.errors import FacesynthError
     from facesynth.recognizers.benchmark_files import find_benchmarks, load_verification_set
     from facesynth.recognizers.encoders import load_encoder
     from facesynth.recognizers.verification import evaluate_benchmark, format_result, write_report

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facesynth.pipelines.config import load_config_file, parse_overrides
+    from facesynth.core.config import load_config_file, parse_overrides
     from facesynth.pipelines.generate import GenerateConfig, generate_dataset
 
     options = load_config_file(args.generator_config) if args.generator_config else {}

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facesynth.pipelines.errors import ConfigError
+    from facesynth.core.errors import ConfigError
     from facesynth.pipelines.pairs import write_pairs_bin
 
     if args.num_pairs < 2:

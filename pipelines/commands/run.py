@@ -47,7 +47,7 @@ def run_with_config(path: Path | None, args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facesynth.pipelines.errors import ConfigError
+    from facesynth.core.errors import ConfigError
 
     if args.print_demo_config:
         from importlib import resources

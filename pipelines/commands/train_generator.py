@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from facesynth.core.config import parse_overrides
     from facesynth.generators.id3_trainer import ID3TrainConfig, train_id3
-    from facesynth.pipelines.config import parse_overrides
 
     settings = {
         "data": [str(d) for d in args.data],

@@ -90,8 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facesynth.pipelines.config import parse_overrides
-    from facesynth.pipelines.errors import ConfigError
+    from facesynth.core.config import parse_overrides
+    from facesynth.core.errors import ConfigError
     from facesynth.recognizers.trainer import RecognizerTrainConfig, train_recognizer
 
     if args.privacy != "plain":

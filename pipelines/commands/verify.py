@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facesynth.pipelines.verify import verify_dataset
+    from facesynth.core.integrity import verify_dataset
 
     problems = verify_dataset(args.dataset, image_stride=args.image_stride)
     if problems:

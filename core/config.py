@@ -2,7 +2,7 @@
 
 Each stage's settings are a pydantic model deriving from :class:`StageConfig`. Unknown fields are
 refused, and a bad value is reported as ``field 'x': <value> (reason)`` through
-:class:`~facesynth.pipelines.errors.ConfigError`, whether it came from the CLI, a config file or a
+:class:`~facesynth.core.errors.ConfigError`, whether it came from the CLI, a config file or a
 library call.
 """
 
@@ -16,7 +16,7 @@ import tomllib
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from facesynth.pipelines.errors import ConfigError
+from facesynth.core.errors import ConfigError
 
 T = TypeVar("T", bound="StageConfig")
 

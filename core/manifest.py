@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from facesynth import __version__
-from facesynth.pipelines.atomic_io import write_json_atomic
-from facesynth.pipelines.errors import ShardError
-from facesynth.pipelines.shard_format import FORMAT_NAME, FORMAT_VERSION
+from facesynth.core.atomic_io import write_json_atomic
+from facesynth.core.errors import ShardError
+from facesynth.core.shard_format import FORMAT_NAME, FORMAT_VERSION
 
 MANIFEST_NAME = "facesynth.json"
 

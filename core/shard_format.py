@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image as PILImage
 
-from facesynth.pipelines.atomic_io import commit_temp_file, temp_path_for
-from facesynth.pipelines.errors import ShardError
+from facesynth.core.atomic_io import commit_temp_file, temp_path_for
+from facesynth.core.errors import ShardError
 
 FORMAT_NAME = "facesynth-shards"
 FORMAT_VERSION = 1

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facesynth.pipelines.atomic_io import sha256_file
-from facesynth.pipelines.errors import ShardError
-from facesynth.pipelines.manifest import Manifest
-from facesynth.pipelines.shard_format import DATA_DIR, check_schema, decode_image, read_schema
+from facesynth.core.atomic_io import sha256_file
+from facesynth.core.errors import ShardError
+from facesynth.core.manifest import Manifest
+from facesynth.core.shard_format import DATA_DIR, check_schema, decode_image, read_schema
 
 
 def _check_shard(folder: Path, record, image_stride: int, problems: list[str]) -> None:

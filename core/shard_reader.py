@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from facesynth.pipelines.errors import ShardError
-from facesynth.pipelines.shard_format import DATA_DIR, check_schema, decode_image, read_schema
+from facesynth.core.errors import ShardError
+from facesynth.core.shard_format import DATA_DIR, check_schema, decode_image, read_schema
 
 logger = logging.getLogger(__name__)
 
