@@ -31,10 +31,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from facesynth.core.errors import ConfigError
+from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.privacy.api import PrivacyMethod, register_privacy_method
 from facesynth.privacy.duetface import load_submodule_state
 from facesynth.privacy.frequency_frontend import NUM_CHANNELS
+from facesynth.privacy.payload import Payload
 from facesynth.privacy.unet import UNet, sparsity_kl
 
 STAGES = (1, 2)
@@ -173,3 +174,21 @@ class MinusFace(PrivacyMethod):
     def aux_losses(self) -> dict[str, torch.Tensor]:
         aux, self._last_aux = self._last_aux, {}
         return aux
+
+    @torch.no_grad()
+    def protect(self, images: torch.Tensor, seed: int | torch.Generator | None = None) -> Payload:
+        """Client side of stage 2; a stage-1 model is refused: its payload would be the raw residue."""
+        if self.stage == 1:
+            raise FacesynthError(
+                "minusface: this is a stage-1 model, which cannot be deployed: its payload would be the "
+                f"un-shuffled {NUM_CHANNELS}-channel residue, not the protective image. Train stage 2 "
+                "(method option stage=2, stage1_from=<this run's folder>) and deploy that model"
+            )
+        return super().protect(images, seed)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Stage 1: the recognizer on the residue (training progress only, never a deployed path)."""
+        if self.stage == 1:
+            return self.backbone(self.residue(images)[2])
+        return super().embed(images)
