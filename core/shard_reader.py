@@ -71,6 +71,11 @@ def read_columns(sources: Source | Sequence[Source], columns: Sequence[str]) -> 
     return pa.concat_tables(tables)
 
 
+def sources_have_column(sources: Source | Sequence[Source], column: str) -> bool:
+    """Whether every shard of ``sources`` has ``column`` (for optional columns such as ``landmarks``)."""
+    return all(column in read_schema(file).names for file in _all_files(sources))
+
+
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> float32 (3,H,W) in [-1, 1], the input convention of every recognizer."""
     return (
@@ -94,7 +99,8 @@ class ShardDataset(IterableDataset):
     """Stream rows of one or more shard datasets as dicts of tensors.
 
     Each item has ``image`` (float32 (3,H,W) in [-1,1]) and ``label`` (int64 tensor), plus any extra
-    ``columns`` requested (``embedding`` as a float32 tensor; others as Python values).
+    ``columns`` requested (``embedding`` as a float32 tensor, ``landmarks`` as a float32 (5, 2)
+    tensor with NaN where unknown; others as Python values).
     ``label_offsets`` shifts each source's labels (used to mix datasets with distinct classes).
     An image that does not decode is skipped, logged with its file and row, and counted in the
     summary logged when the pass ends (``skip_bad_images=False`` raises instead).
@@ -234,6 +240,12 @@ class ShardDataset(IterableDataset):
                     value = data[column][i]
                     if column == "embedding" and value is not None:
                         value = torch.tensor(value, dtype=torch.float32)
+                    elif column == "landmarks":  # unknown (null) -> NaN points, so batches still collate
+                        value = (
+                            torch.full((5, 2), float("nan"))
+                            if value is None
+                            else torch.tensor(value, dtype=torch.float32)
+                        )
                     item[column] = value
                 yield item
         if skipped:

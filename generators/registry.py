@@ -40,6 +40,8 @@ class GeneratedFace:
     attributes: Mapping[str, float] | None = None
     anchor_cos: float | None = None
     id_cos: float | None = None
+    #: (5, 2) pixel (x, y) landmarks on the crop when the generator knows them (shard column ``landmarks``)
+    landmarks: np.ndarray | None = None
 
 
 class FaceGenerator(ABC):

@@ -330,6 +330,7 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
                         identity=identity.name,
                         index=kept,
                         attributes=ref.attributes,
+                        landmarks=face.crop_landmarks,
                     )
                 )
                 kept += 1

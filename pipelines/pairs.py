@@ -17,15 +17,19 @@ import pyarrow.compute as pc
 
 from facesynth.core.errors import ShardError
 from facesynth.core.shard_format import decode_image
-from facesynth.core.shard_reader import read_columns
+from facesynth.core.shard_reader import read_columns, sources_have_column
 from facesynth.recognizers.benchmark_files import VerificationSet, write_bin
 
 
 def verification_set_from_shards(
     dataset: str | Path, num_pairs: int = 3000, seed: int = 0, name: str | None = None
 ) -> VerificationSet:
-    """``num_pairs`` pairs (half genuine, half impostor) over the images of ``dataset``."""
-    table = read_columns(dataset, ["image", "label"])
+    """``num_pairs`` pairs (half genuine, half impostor) over the images of ``dataset``.
+
+    When every shard has the optional ``landmarks`` column, the set carries them (NaN where unknown).
+    """
+    with_landmarks = sources_have_column(dataset, "landmarks")
+    table = read_columns(dataset, ["image", "label", *(["landmarks"] if with_landmarks else [])])
     labels = table["label"].to_numpy()
     by_label: dict[int, list[int]] = {}
     for row, label in enumerate(labels):
@@ -52,8 +56,19 @@ def verification_set_from_shards(
     images = pc.struct_field(table["image"], "bytes").to_pylist()
     sources = [images[i] for pair in pairs for i in pair]
     issame = np.array([True, False] * len(genuine))
+    landmarks = None
+    if with_landmarks:
+        values = table["landmarks"].to_pylist()
+        unknown = np.full((5, 2), np.nan, dtype=np.float32)
+        landmarks = np.stack(
+            [unknown if values[i] is None else np.asarray(values[i], np.float32) for p in pairs for i in p]
+        )
     return VerificationSet(
-        name=name or Path(dataset).name, sources=sources, issame=issame, origin=str(dataset)
+        name=name or Path(dataset).name,
+        sources=sources,
+        issame=issame,
+        origin=str(dataset),
+        landmarks=landmarks,
     )
 
 

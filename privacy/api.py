@@ -98,6 +98,8 @@ class PrivacyMethod(RecognitionMethod):
 
     #: whether protect() draws fresh randomness per query (benchmarks then average several seeds)
     randomised: bool = False
+    #: whether the client uses per-face landmarks (training, protect and evaluation then pass them)
+    uses_landmarks: bool = False
 
     def __init__(
         self,
@@ -208,11 +210,17 @@ class PrivacyMethod(RecognitionMethod):
         return self.server_forward(tensor, extras), self.aux_losses()
 
     @torch.no_grad()
-    def protect(self, images: torch.Tensor, seed: int | torch.Generator | None = None) -> Payload:
+    def protect(
+        self,
+        images: torch.Tensor,
+        seed: int | torch.Generator | None = None,
+        landmarks: torch.Tensor | None = None,
+    ) -> Payload:
         """Client side: images (B, 3, S, S) in [-1, 1] -> the payload that leaves the device.
 
         ``seed`` fixes the per-query randomness (an int or a ``torch.Generator``); ``None`` uses
-        torch's global generator. The seed is not part of the payload.
+        torch's global generator. The seed is not part of the payload. ``landmarks`` (B, 5, 2) are
+        used by methods with :attr:`uses_landmarks` and ignored by the others.
         """
         self.frontend.check_images(images)
         images = images.to(self._device())
@@ -243,11 +251,11 @@ class PrivacyMethod(RecognitionMethod):
         self._eval_generator = None
 
     @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
         """Evaluation through the full protected path, drawing from the ``eval_seed`` stream."""
         gen = getattr(self, "_eval_generator", None)
         device = self._device()
         if gen is None or gen.device.type != device.type:
             gen = _seed_generator(self.eval_seed, device)
             self._eval_generator = gen
-        return self.recognize(self.protect(images, seed=gen))
+        return self.recognize(self.protect(images, seed=gen, landmarks=landmarks))

@@ -20,9 +20,13 @@ As the paper's figure (not the code) has it, the client sends the *masks*, not i
 the payload is the 162 server channels plus four masks (56^2, 28^2, 14^2, 7^2 at 112 x 112 input).
 
 ROI: TFace runs PFLD (98 landmarks) and rasterises their convex hull. We use the project's own
-landmarks instead (:mod:`facesynth.privacy.roi_mask`): the aligner's 5 points when given, otherwise the
-ArcFace template, which is where every aligned face's landmarks lie by construction. Documented
-deviation; PFLD weights are not distributed (TFace issue #88).
+5-point landmarks instead (:mod:`facesynth.privacy.roi_mask`), one set per face: the shards' optional
+``landmarks`` column (written by the aligner and the parametric renderer) reaches training (the
+trainer passes it to :meth:`DuetFace.forward`), :meth:`DuetFace.protect` and evaluation
+(:func:`facesynth.privacy.evaluation.evaluate_privacy_method` with a benchmark that carries
+landmarks). Faces without landmarks (older shards, .bin benchmarks) use the ArcFace template, where
+every aligned face's landmarks lie by construction. Documented deviation; PFLD weights are not
+distributed (TFace issue #88).
 
 Training (brief section 5.3) is two runs of the one recognizer trainer:
 
@@ -36,6 +40,7 @@ Each stage gets its own trainer run and step budget; reports state both.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -169,6 +174,8 @@ class DuetFace(PrivacyMethod):
         frontend_mode, key_seed, eval_seed: see :class:`~facesynth.privacy.api.PrivacyMethod`.
     """
 
+    uses_landmarks = True
+
     def __init__(
         self,
         backbone: str = "r50",
@@ -291,9 +298,14 @@ class DuetFace(PrivacyMethod):
         landmarks: torch.Tensor | None = None,
     ) -> Payload:
         """Client side; ``landmarks`` (B, K, 2) pixel coordinates set the ROI (default: template)."""
+        with self._landmarks_set(landmarks):
+            return super().protect(images, seed)
+
+    @contextlib.contextmanager
+    def _landmarks_set(self, landmarks: torch.Tensor | None):
         self._landmarks = None if landmarks is None else torch.as_tensor(landmarks)
         try:
-            return super().protect(images, seed)
+            yield
         finally:
             self._landmarks = None
 
@@ -314,18 +326,23 @@ class DuetFace(PrivacyMethod):
 
     # -- training ----------------------------------------------------------------------------------
     def forward(
-        self, images: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        landmarks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training path; ``landmarks`` (B, K, 2) per face (the trainer passes the shards' column)."""
         if self.stage == "client":
             self.frontend.check_images(images)
             with torch.no_grad():
                 _, client_x = self.policy.split(self.frontend(images))
             return self.client(client_x)[0], {}
-        return super().forward(images, labels)
+        with self._landmarks_set(landmarks):
+            return super().forward(images, labels)
 
     @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
         """Stage "client": the client's own embedding (what its pre-training optimises)."""
         if self.stage == "client":
             return self.forward(images)[0]
-        return super().embed(images)
+        return super().embed(images, landmarks)

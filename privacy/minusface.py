@@ -176,7 +176,12 @@ class MinusFace(PrivacyMethod):
         return aux
 
     @torch.no_grad()
-    def protect(self, images: torch.Tensor, seed: int | torch.Generator | None = None) -> Payload:
+    def protect(
+        self,
+        images: torch.Tensor,
+        seed: int | torch.Generator | None = None,
+        landmarks: torch.Tensor | None = None,
+    ) -> Payload:
         """Client side of stage 2; a stage-1 model is refused: its payload would be the raw residue."""
         if self.stage == 1:
             raise FacesynthError(
@@ -184,11 +189,11 @@ class MinusFace(PrivacyMethod):
                 f"un-shuffled {NUM_CHANNELS}-channel residue, not the protective image. Train stage 2 "
                 "(method option stage=2, stage1_from=<this run's folder>) and deploy that model"
             )
-        return super().protect(images, seed)
+        return super().protect(images, seed, landmarks)
 
     @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
         """Stage 1: the recognizer on the residue (training progress only, never a deployed path)."""
         if self.stage == 1:
             return self.backbone(self.residue(images)[2])
-        return super().embed(images)
+        return super().embed(images, landmarks)

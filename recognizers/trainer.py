@@ -222,6 +222,36 @@ def augment(
     return images
 
 
+def augment_landmarks(
+    landmarks: torch.Tensor,
+    image_size: tuple[int, int],
+    size: tuple[int, int],
+    flip: bool,
+    generator: torch.Generator | None,
+    shift: int = 0,
+) -> torch.Tensor:
+    """Move (B, K, 2) pixel landmarks as :func:`augment` moved their images.
+
+    ``generator`` must be in the state :func:`augment` started from (a copy taken before it ran):
+    the same draws then give the same flips and shifts. NaN (unknown) landmarks stay NaN.
+    """
+    points = landmarks.detach().float().cpu().clone()
+    if tuple(image_size) != tuple(size):
+        scale = torch.tensor([size[1] / image_size[1], size[0] / image_size[0]])
+        points = (points + 0.5) * scale - 0.5
+    height, width = size
+    if flip:
+        mask = torch.rand(points.shape[0], generator=generator) < 0.5
+        flipped = points.clone()
+        flipped[..., 0] = (width - 1) - flipped[..., 0]
+        points = torch.where(mask[:, None, None], flipped, points)
+    if shift > 0:
+        offsets = torch.randint(0, 2 * shift + 1, (points.shape[0], 2), generator=generator)
+        points[..., 0] -= (offsets[:, 1:2] - shift).float()
+        points[..., 1] -= (offsets[:, 0:1] - shift).float()
+    return points
+
+
 def exact_batches(loader: Iterable[dict[str, Any]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
     """Re-cut a loader's batches into exactly ``batch_size`` rows (the remainder is dropped).
 
@@ -231,7 +261,7 @@ def exact_batches(loader: Iterable[dict[str, Any]], batch_size: int) -> Iterator
     """
     pending: dict[str, torch.Tensor] | None = None
     for batch in loader:
-        part = {"image": batch["image"], "label": batch["label"]}
+        part = {k: v for k, v in batch.items() if k in ("image", "label", "landmarks")}
         pending = part if pending is None else {k: torch.cat([pending[k], part[k]]) for k in part}
         while pending["label"].shape[0] >= batch_size:
             yield {k: v[:batch_size] for k, v in pending.items()}
@@ -291,7 +321,7 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
     from tqdm.auto import tqdm
 
     from facesynth.core.accelerator import make_accelerator
-    from facesynth.core.shard_reader import ShardDataset
+    from facesynth.core.shard_reader import ShardDataset, sources_have_column
     from facesynth.recognizers.heads import build_head
     from facesynth.recognizers.methods import build_method, save_method
     from facesynth.recognizers.partial_fc import PartialFC
@@ -322,6 +352,8 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
             accelerator.device
         )
         set_seed(config.seed + rank)
+        # methods that use per-face landmarks (DuetFace's ROI) get them where every shard stores them
+        use_landmarks = getattr(method, "uses_landmarks", False) and sources_have_column(sources, "landmarks")
 
         dataset = ShardDataset(
             sources,
@@ -331,6 +363,7 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
             seed=config.seed,
             buffer_size=config.buffer_size,
             label_offsets=offsets,
+            columns=["landmarks"] if use_landmarks else None,
         )
         accumulate = config.gradient_accumulation_steps
         steps_per_epoch = dataset.rows_per_rank() // (config.batch_size * accumulate)
@@ -492,11 +525,22 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                 for batch in itertools.islice(batches, accumulate):
                     images = batch["image"].to(device, non_blocking=True)
                     labels = batch["label"].to(device, non_blocking=True)
+                    extra: dict[str, torch.Tensor] = {}
+                    if use_landmarks:
+                        replay = torch.Generator().set_state(flip_rng.get_state())
+                        extra["landmarks"] = augment_landmarks(
+                            batch["landmarks"],
+                            tuple(images.shape[-2:]),
+                            input_size,
+                            config.flip,
+                            replay,
+                            config.shift,
+                        )
                     images = augment(images, input_size, config.flip, flip_rng, config.shift)
                     used += 1
                     # gradients sync across processes only on the step's last batch
                     with accelerator.no_sync(method) if used < accumulate else contextlib.nullcontext():
-                        embeddings, aux_losses = method(images, labels)
+                        embeddings, aux_losses = method(images, labels, **extra)
                         margin_loss = partial_fc(embeddings, labels)
                         loss = margin_loss + sum(aux_losses.values()) if aux_losses else margin_loss
                         if not torch.isfinite(loss):
