@@ -42,9 +42,14 @@ class AttackStageConfig(StageConfig):
     encoder: str | None = Field(default=None, description="independent identity encoder (torch:, onnx:, ...)")
     max_public_images: int = Field(default=2000, ge=2)
     max_victim_images: int = Field(default=500, ge=2)
-    decoder_steps: int = Field(default=500, ge=1)
+    decoder_steps: int = Field(default=1500, ge=1, description="decoder steps (DecoderConfig's default)")
     decoder_widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=1)
-    decoder_lr: float = Field(default=1e-3, gt=0)
+    decoder_lr: float = Field(default=2e-3, gt=0)
+    decoder_lr_schedule: str = Field(default="cosine", pattern="^(cosine|constant)$")
+    multi_query_ks: list[int] = Field(
+        default_factory=list,
+        description="randomised targets: also attack with k payloads of each face, for each k (e.g. 1 4 16)",
+    )
     identity_weight: float = Field(
         default=0.0, ge=0, description="identity loss weight (needs a torch: encoder)"
     )
@@ -137,6 +142,7 @@ def attack_config(config: AttackStageConfig):
             batch_size=config.batch_size,
             identity_weight=config.identity_weight,
             seed=config.seed,
+            lr_schedule=config.decoder_lr_schedule,
         ),
         ridge=config.ridge,
         ridge_mode=config.ridge_mode,
@@ -190,6 +196,21 @@ def markdown_report(results: dict[str, Any]) -> str:
     ref = next(iter(results["attackers"].values()))
     if "reference_tar" in ref:
         lines += ["", f"Originals verified at this FAR (ceiling for success): {ref['reference_tar']:.3f}."]
+    multi = results.get("multi_query")
+    if multi:
+        lines += [
+            "",
+            "## Multi-query attacks (k payloads of each face combined)",
+            "",
+            "| k | attacker | " + " | ".join(label for _, label in METRIC_COLUMNS) + " |",
+            "|---" * (len(METRIC_COLUMNS) + 2) + "|",
+        ]
+        for k, attackers in multi["by_k"].items():
+            for name, metrics in attackers.items():
+                if name == "view":
+                    continue
+                cells = [f"{metrics[key]:.3f}" if key in metrics else "n/a" for key, _ in METRIC_COLUMNS]
+                lines.append(f"| {k} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -245,6 +266,19 @@ def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
         progress=config.progress,
     )
     view = metrics.pop("view")
+    multi = None
+    if config.multi_query_ks and target != RGB_TARGET and target.randomised:
+        from facesynth.privacy.multi_query import multi_query_attack
+
+        multi = multi_query_attack(
+            target,
+            public,
+            victims,
+            labels_of(victim_ids),
+            attack_config(config),
+            config.multi_query_ks,
+            embed,
+        )
     results = {
         "target": description,
         "target_path": config.target,
@@ -256,6 +290,7 @@ def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
         "num_victim_identities": len(set(victim_ids)),
         "attack_view_channels": view["channels"],
         "attackers": metrics,
+        "multi_query": multi,
         "config": config.to_json_dict(),
         "seconds": round(time.perf_counter() - start, 1),
     }

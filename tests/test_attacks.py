@@ -268,3 +268,22 @@ def test_attack_command_rgb_baseline_and_identity_overlap_error(tmp_path, capsys
     )
     assert code == 2
     assert "identity-disjoint" in capsys.readouterr().err
+
+
+def test_attack_command_multi_query_on_a_randomised_target(tmp_path):
+    import json
+
+    from facesynth.pipelines.cli import main
+    from facesynth.privacy.api import build_privacy_method
+    from facesynth.recognizers.methods import save_method
+
+    data = _write_faces(tmp_path / "faces", [f"id{i}" for i in range(4)])
+    save_method(build_privacy_method("dctdp", "tiny"), tmp_path / "dctdp")
+    out = tmp_path / "report"
+    args = ["attack", "--target", str(tmp_path / "dctdp"), "--public", str(data), "--out", str(out)]
+    args += ["--decoder-steps", "2", "--decoder-widths", "4", "8", "--batch-size", "4", "--no-progress"]
+    assert main([*args, "--no-ridge", "--multi-query-ks", "1", "2"]) == 0
+    report = json.loads((out / "attack.json").read_text())
+    assert report["multi_query"]["k"] == [1, 2]
+    assert set(report["multi_query"]["by_k"]["2"]) >= {"decoder", "no_information"}
+    assert "## Multi-query attacks" in (out / "attack.md").read_text()

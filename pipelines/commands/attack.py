@@ -37,9 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-public-images", type=int, default=2000)
     parser.add_argument("--max-victim-images", type=int, default=500)
-    parser.add_argument("--decoder-steps", type=int, default=500)
+    parser.add_argument("--decoder-steps", type=int, default=1500)
     parser.add_argument("--decoder-widths", type=int, nargs="+", default=[32, 64, 128, 256])
-    parser.add_argument("--decoder-lr", type=float, default=1e-3)
+    parser.add_argument("--decoder-lr", type=float, default=2e-3)
+    parser.add_argument("--decoder-lr-schedule", choices=["cosine", "constant"], default="cosine")
+    parser.add_argument(
+        "--multi-query-ks",
+        type=int,
+        nargs="*",
+        default=[],
+        help="randomised targets: also attack with k payloads of each face, for each k (e.g. 1 4 16)",
+    )
     parser.add_argument(
         "--identity-weight", type=float, default=0.0, help="identity loss weight (torch: encoder)"
     )
@@ -75,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             "decoder_steps": args.decoder_steps,
             "decoder_widths": args.decoder_widths,
             "decoder_lr": args.decoder_lr,
+            "decoder_lr_schedule": args.decoder_lr_schedule,
+            "multi_query_ks": args.multi_query_ks,
             "identity_weight": args.identity_weight,
             "batch_size": args.batch_size,
             "ridge": not args.no_ridge,
