@@ -27,8 +27,17 @@ num_inference_steps        50               unverified
 scheduler                  saved            unverified (DDPM vs DDIM unknown)
 guidance_scale             1.0 (no CFG)     unverified (whether ID3 uses CFG is unknown)
 id_guidance (kappa)        1.0              unverified (tune on a pilot, reference note section 6)
-id_guidance_schedule       alpha_bar        ours
+id_guidance_schedule       alpha_bar        ours; ``id3_sigmoid`` ties kappa_t to the training weight
+id_guidance_every / until  1 / 1.0          ours (identity gradient on every step; fewer is faster)
+scheduler (speed)          saved            ``dpmsolver++`` / ``unipc`` at 15-25 steps: see
+                                            ``bench_id3_sampling --compare`` for the quality change
+channels_last, attention,  off, sdpa, off   speed only (``compile`` pays a compilation first)
+compile
 =========================  ===============  =====================================================
+
+With ``attributes=empirical`` the log says which attributes of the reference shards were measured
+(``AttributeSampler.describe``) and ``config()`` records the measured share of each
+(``attributes_measured``), so a dataset conditioned on neutral stand-ins says so.
 
 Ablations are plain options: ``anchors=random`` (ID3-random), ``attributes=none`` (with a model
 trained without attributes: ID3-w/o-attribute), ``id_guidance=0`` (ID3-w/o-reversed),
