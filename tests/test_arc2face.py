@@ -181,3 +181,15 @@ def test_one_and_two_processes_write_the_same_dataset_and_card(assets, tmp_path)
     card = write_card(tmp_path / "one").read_text()
     assert "license: cc-by-nc-4.0" in card and "Non-commercial research use only" in card
     assert "CreativeML OpenRAIL-M" in card and "WebFace42M" in card
+
+
+def test_recipe_is_a_valid_option_file():
+    from pathlib import Path
+
+    from facesynth.core.config import load_config_file
+    from facesynth.generators.arc2face_generator import Arc2FaceOptions
+
+    recipe = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "arc2face_10k_x50.yaml"
+    opts = Arc2FaceOptions.from_mapping(load_config_file(recipe), source=str(recipe))
+    assert opts.embedding_dim == 512 and opts.num_inference_steps == 25 and opts.guidance_scale == 3.0
+    assert opts.identity_encoder.startswith("onnx-torch:") and opts.eval_encoder is None
