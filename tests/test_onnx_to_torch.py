@@ -78,6 +78,31 @@ def test_gradient_matches_the_torch_model_and_raises_the_cosine(exported):
     assert not any(p.requires_grad for p in encoder.model.parameters())  # frozen weights
 
 
+def test_arcface_torch_style_export_with_a_fixed_batch(tmp_path):
+    """arcface_torch's torch2onnx.py uses the TorchScript exporter at opset 11 (Identity, Flatten
+    nodes); a batch-1 export must still embed batches of any size."""
+    torch.manual_seed(1)
+    model = build_backbone("tiny").eval()
+    path = tmp_path / "legacy.onnx"
+    torch.onnx.export(
+        model,
+        torch.randn(1, 3, 112, 112),
+        str(path),
+        input_names=["data"],
+        output_names=["fc1"],
+        opset_version=11,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+    module = load_onnx_as_torch(path)
+    x = faces(3, seed=2)
+    with torch.no_grad():
+        diff = torch.nn.functional.normalize(module(x), dim=1) - torch.nn.functional.normalize(
+            model(x), dim=1
+        )
+    assert float(diff.abs().max()) < 1e-5
+
+
 def _graph_file(tmp_path, nodes, initializers, name="model.onnx"):
     graph = helper.make_graph(
         nodes,
