@@ -370,12 +370,15 @@ class Arc2FaceGenerator(FaceGenerator):
 
     def _fingerprint(self) -> str:
         """sha256 of the loaded weights' shapes and a few values: changes when the checkpoint does."""
+        if getattr(self, "_weights_digest", None):
+            return self._weights_digest
         digest = hashlib.sha256()
         for module in (self.unet, self.text_encoder, self.vae):
             for name, tensor in sorted(module.state_dict().items()):
                 digest.update(name.encode() + str(tuple(tensor.shape)).encode())
                 digest.update(tensor.reshape(-1)[:8].float().cpu().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        self._weights_digest = digest.hexdigest()[:16]
+        return self._weights_digest
 
     @property
     def anchors(self) -> np.ndarray:
