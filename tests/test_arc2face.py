@@ -193,3 +193,15 @@ def test_recipe_is_a_valid_option_file():
     opts = Arc2FaceOptions.from_mapping(load_config_file(recipe), source=str(recipe))
     assert opts.embedding_dim == 512 and opts.num_inference_steps == 25 and opts.guidance_scale == 3.0
     assert opts.identity_encoder.startswith("onnx-torch:") and opts.eval_encoder is None
+
+
+def test_detector_misses_fall_back_to_the_centre_crop_and_are_counted(assets):
+    """Noise from tiny weights has no face: the dlib aligner finds none, the centre crop is kept."""
+    pytest.importorskip("dlib")
+    aligned = build_generator("arc2face", num_identities=3, seed=4, **options(assets, aligner="dlib"))
+    reqs = requests([(0, 0), (1, 0)])
+    faces = aligned.generate(reqs)
+    assert aligned.missed_detections == 2
+    plain = build_generator("arc2face", num_identities=3, seed=4, **options(assets))
+    for face, reference in zip(faces, plain.generate(reqs), strict=True):
+        assert np.array_equal(face.image, reference.image)
