@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import logging
 import types
 import typing
@@ -316,3 +317,29 @@ def config_from_args(
     except ValidationError as exc:
         source = str(getattr(args, "config", None) or "")
         raise ConfigError(_format_errors(spec, exc, source)) from None
+
+
+def to_argv(spec: CliSpec, settings: dict[str, Any]) -> list[str]:
+    """The command-line arguments that set ``settings`` (nested like the config), e.g. to print a rerun command."""
+    argv: list[str] = []
+    for option in spec.options():
+        value: Any = settings
+        for key in option.path:
+            if not isinstance(value, dict) or key not in value:
+                break
+            value = value[key]
+        else:
+            if not option.option_strings:
+                argv += [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+                continue
+            flag = option.option_strings[-1] if len(option.option_strings) > 1 else option.option_strings[0]
+            if isinstance(value, bool):
+                argv.append(flag if value else "--no-" + flag.removeprefix("--"))
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    argv += [flag, f"{key}={json.dumps(item)}"]
+            elif isinstance(value, list | tuple):
+                argv += [flag, *(str(v) for v in value)]
+            elif value is not None:
+                argv += [flag, str(value)]
+    return argv

@@ -43,7 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--generator-config", metavar="FILE", help="YAML/TOML/JSON file of generator options (-o wins)"
     )
     parser.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar (default: on)"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show a progress bar (default: on)",
     )
 
 
