@@ -74,6 +74,7 @@ def dataset_card_facts(
     license: str | None = None,
     source_datasets: Sequence[str] = (),
     tags: Sequence[str] = (),
+    encoder_license: str | None = None,
 ):
     """The :class:`~facesynth.data_cards.dataset_card.DatasetCardFacts` of a shard folder."""
     from datasets import Features
@@ -132,6 +133,7 @@ def dataset_card_facts(
         figures=figures,
         source_datasets=list(source_datasets),
         tags=list(tags),
+        encoder_license=encoder_license,
     )
 
 
