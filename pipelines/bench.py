@@ -42,10 +42,10 @@ class BenchConfig(StageConfig):
         default="error",
         description="with an aligner, a photo without a face stops the run (error) or is centre-cropped (center)",
     )
-    privacy: str | None = Field(
-        default=None,
-        description="the model is a trained privacy method (dctdp, ..., or auto): evaluate through "
-        "protect -> recognize, mean +- std over seeds",
+    method: str = Field(
+        default="plain",
+        description="the model's recognition method: plain, or a trained privacy method (dctdp, ..., or auto) "
+        "evaluated through protect -> recognize, mean +- std over seeds",
     )
     seeds: list[int] = Field(
         default_factory=lambda: [0, 1, 2], min_length=1, description="query seeds (privacy)"
@@ -89,14 +89,14 @@ def run_bench(config: BenchConfig) -> BenchResult:
         aligner = build_aligner(config.aligner, device=device)
         for benchmark in benchmarks:
             benchmark.aligner, benchmark.no_face = aligner, config.no_face
-    if config.privacy:
+    if config.method != "plain":
         from facesynth.privacy.evaluation import bench_privacy
 
         files = bench_privacy(
             config.model,
             benchmarks,
             config.out,
-            config.privacy,
+            None if config.method == "auto" else config.method,
             config.seeds,
             config.batch_size,
             config.flip,

@@ -20,7 +20,7 @@ encoders: torch:RUN_OR_WEIGHTS, onnx:MODEL.onnx, insightface:MODEL.onnx, dlib
 examples:
   facesynth bench --model torch:runs/r50 --bin-dir ~/data/faces_emore --out runs/r50/bench
   facesynth bench --model onnx:w600k_r50.onnx ~/data/lfw.bin ~/data/my_pairs/ --out bench_w600k
-  facesynth bench --privacy dctdp --model runs/dctdp --bin-dir ~/data/faces_emore --out runs/dctdp/bench
+  facesynth bench --method dctdp --model runs/dctdp --bin-dir ~/data/faces_emore --out runs/dctdp/bench
 """
 
 
@@ -28,7 +28,7 @@ examples:
 def cli_spec() -> CliSpec:
     from facesynth.pipelines.bench import BenchConfig
 
-    return CliSpec(BenchConfig, positional=("benchmarks",))
+    return CliSpec(BenchConfig, positional=("benchmarks",), deprecated={"method": ["--privacy"]})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(cli_spec(), args)
     result = run_bench(config)
-    if config.privacy:
+    if config.method != "plain":
         print(result.files["markdown"].read_text(encoding="utf-8"))
         print(f"report: {result.files['markdown']} ({result.files['json']})")
         return 0
