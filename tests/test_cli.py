@@ -182,3 +182,44 @@ def test_output_flag_is_out_and_device_defaults_to_auto_everywhere():
             assert out[0].option_strings == ("--out",), command
         if "device" in options:
             assert field_default(options["device"].info) in ("auto", None), command
+
+
+def test_attack_without_encoder_says_what_is_missing_and_how_to_get_it(monkeypatch, capsys, tmp_path):
+    import facesynth.pipelines.attack as attack_stage
+
+    seen = {}
+    monkeypatch.setattr(attack_stage, "run_attack_stage", lambda config: seen.setdefault("config", config))
+    monkeypatch.setattr(
+        attack_stage, "markdown_report", lambda results: "| attacker | leakage |\n| ridge | n/a |"
+    )
+    argv = ["attack", "--target", "runs/pf", "--public", "p", "--out", str(tmp_path / "a")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "need an independent identity encoder" in out and "--encoder torch:" in out
+    assert "--target rgb" in out
+    assert seen["config"].device == "auto" and seen["config"].encoder is None
+    assert main([*argv, "--encoder", "torch:runs/rec"]) == 0
+    assert "independent identity encoder" not in capsys.readouterr().out
+
+
+def test_thread_count_is_a_share_of_the_cores_unless_the_user_set_it():
+    from facesynth.pipelines.runtime import intra_op_threads
+
+    assert intra_op_threads({}, cores=8) == 8
+    assert intra_op_threads({"LOCAL_WORLD_SIZE": "4"}, cores=8) == 2
+    assert intra_op_threads({"LOCAL_WORLD_SIZE": "16"}, cores=8) == 1
+    assert intra_op_threads({"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "4"}, cores=8) is None
+
+
+def test_third_party_noise_is_quiet_unless_verbose(caplog):
+    from facesynth.pipelines.runtime import configure_logging
+
+    configure_logging(verbose=False)
+    with caplog.at_level(logging.DEBUG, logger="diffusers.models.modeling_utils"):
+        logging.getLogger("diffusers.models.modeling_utils").warning(
+            "There are modules in UNet that should be kept in float32: []. Casting ..."
+        )
+        logging.getLogger("diffusers.models.modeling_utils").warning("kept in float32: ['norm']")
+    assert "float32: []" not in caplog.text and "['norm']" in caplog.text
+    assert logging.getLogger("accelerate").getEffectiveLevel() == logging.WARNING
+    assert not logging.getLogger("torch.onnx._internal.exporter._registration").isEnabledFor(logging.WARNING)
