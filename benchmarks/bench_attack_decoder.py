@@ -8,6 +8,12 @@ defaults of :class:`~facesynth.privacy.attacks.DecoderConfig` were chosen from (
 gain falls under ``--plateau-db`` per 100 steps).
 
     python -m facesynth.benchmarks.bench_attack_decoder --size 56 --steps 600 --threads 1
+
+Measured (2026-11-30, shared 2-core box, one thread; 32 x 32 faces, widths 16/32/64):
+``--size 32 --steps 1500 --eval-every 100 --widths 16,32,64 --schedules cosine --lr 2e-3``: PSNR
+19.9 dB at step 100, 30.1 at 500, 32.0 at 1100, 32.1 at 1200-1500 (gain < 0.1 dB / 100 steps from
+step 1100), 932 s; ``--steps 500 --eval-every 50 --schedules constant --lr 1e-3`` (the old recipe):
+28.7 dB at step 500, still gaining about 0.8 dB per 50 steps, 573 s.
 """
 
 from __future__ import annotations

@@ -357,10 +357,16 @@ LR_SCHEDULES = ("cosine", "constant")
 class DecoderConfig:
     """Training recipe of the U-Net recovery attacker.
 
-    Defaults: Adam at ``lr`` 2e-3 with ``warmup_steps`` linear warm-up then cosine decay to 1 %
-    (``lr_schedule``), ``steps`` 1500, widths 32/64/128/256; chosen with
+    Defaults: Adam at ``lr`` 2e-3 with ``warmup_steps`` (50) linear warm-up then cosine decay to 1 %
+    (``lr_schedule``), ``steps`` 1500, widths 32/64/128/256. Chosen with
     ``python -m facesynth.benchmarks.bench_attack_decoder``, which trains the decoder on the RGB row
-    (where a perfect recovery exists) and prints the victims' PSNR every few steps.
+    (where a perfect recovery exists) and prints the victims' PSNR every 100 steps. Measured at small
+    scale (32 x 32 parametric faces, 96 public / 32 victim images, widths 16/32/64, batch 16): with
+    this recipe the PSNR reads 19.9 / 25.8 / 30.1 / 31.4 / 32.0 / 32.1 dB at steps 100 / 200 / 500 /
+    800 / 1100 / 1500 and gains under 0.1 dB per 100 steps from step 1100 on; the previous recipe
+    (constant lr 1e-3) reached 28.7 dB at its 500 steps and was still gaining about 1.5 dB per 100
+    steps. The width was not re-measured (the default is unchanged); 112 x 112 faces may need more
+    steps than 32 x 32 ones.
     ``identity_weight`` > 0 adds (1 - cosine) between a differentiable encoder's embeddings of
     recovered and original faces.
     """
