@@ -139,12 +139,16 @@ def acquire(target: str | os.PathLike, stage: str) -> OutputLock:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise FacesynthError(f"{path.parent}: cannot create ({exc.strerror or exc})") from None
+        raise FacesynthError(
+            f"{target}: output folder is not writable (cannot create {path.parent}: {exc.strerror or exc})"
+        ) from None
     for _ in range(5):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise FacesynthError(f"{path}: cannot create the write lock ({exc.strerror or exc})") from None
+            raise FacesynthError(
+                f"{target}: output folder is not writable (cannot create {path}: {exc.strerror or exc})"
+            ) from None
         locked = False
         if fcntl is not None:
             try:
