@@ -367,6 +367,9 @@ def plan_upload(
     else:
         problems += validate_model_folder(folder)
     limit_problems, warnings = check_hub_limits(files, private, limits)
+    pickles = [p for p in left_out if p.endswith(PICKLE_SUFFIXES) and "checkpoints/" not in p]
+    if pickles:
+        warnings.append(f"pickle-based files {pickles[:5]} are left out; keep weights in safetensors")
     problems += limit_problems
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
