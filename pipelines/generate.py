@@ -34,6 +34,7 @@ from facesynth.core.config import StageConfig
 from facesynth.core.errors import FacesynthError, ShardError
 from facesynth.core.locks import check_job_lock, output_lock
 from facesynth.core.manifest import Manifest, ShardRecord, manifest_exists
+from facesynth.core.ownership import written_by_facesynth
 from facesynth.core.shard_format import (
     DATA_DIR,
     ShardRow,
@@ -153,7 +154,11 @@ def check_output_folder(config: GenerateConfig) -> None:
         return
     if (out / STATE_DIR / "plan.json").is_file() or manifest_exists(out):
         return  # our own dataset (finished or being resumed)
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_ENTRIES)
+    foreign = sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in OWN_ENTRIES or (p.name == "README.md" and not written_by_facesynth(p))
+    )
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise FacesynthError(

@@ -298,6 +298,11 @@ def test_non_empty_foreign_folder_is_refused_unless_allowed(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     generate_dataset(_config(out, allow_non_empty_out=True), show_progress=False)
     assert verify_dataset(out) == [] and (out / "notes.txt").read_text() == "my notes"
+    readme_only = tmp_path / "readme-only"
+    readme_only.mkdir()
+    (readme_only / "README.md").write_text("# my own project\n")
+    with pytest.raises(FacesynthError, match="holds README.md"):
+        generate_dataset(_config(readme_only), show_progress=False)
 
 
 def test_card_never_overwrites_a_users_readme(tmp_path):
