@@ -20,11 +20,14 @@ from PIL import Image as PILImage
 from facesynth.core.atomic_io import sha256_file
 from facesynth.core.errors import ShardError
 from facesynth.core.manifest import Manifest
-from facesynth.core.shard_format import DATA_DIR, check_schema, decode_image, read_schema
-
-#: Smallest image side a shard may hold (the parametric renderer's lower bound; recognizers want 112).
-MIN_IMAGE_SIDE = 32
-MAX_IMAGE_SIDE = 1024
+from facesynth.core.shard_format import (
+    DATA_DIR,
+    MAX_IMAGE_SIDE,
+    MIN_IMAGE_SIDE,
+    check_schema,
+    decode_image,
+    read_schema,
+)
 
 
 def image_header_size(data: bytes) -> tuple[str, tuple[int, int]]:
@@ -42,9 +45,9 @@ def _check_images(path: Path, images: list, image_stride: int, sizes: set, probl
             fmt, size = image_header_size(data)
             if fmt not in ("PNG", "JPEG"):
                 raise ValueError(f"{fmt} image, expected PNG or JPEG")
-            if min(size) < MIN_IMAGE_SIDE or size[0] != size[1]:
+            if not MIN_IMAGE_SIDE <= size[0] == size[1] <= MAX_IMAGE_SIDE:
                 raise ValueError(
-                    f"{size[0]}x{size[1]} image, expected a square face of at least {MIN_IMAGE_SIDE} px"
+                    f"{size[0]}x{size[1]} image, expected a square face of {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} px"
                 )
             if row % max(1, image_stride) == 0:
                 decode_image(data)

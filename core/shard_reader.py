@@ -29,7 +29,12 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from facesynth.core.errors import ShardError
 from facesynth.core.manifest import MANIFEST_NAME, Manifest, manifest_exists, unfinished_marker
-from facesynth.core.shard_format import DATA_DIR, check_schema, decode_image, read_schema
+from facesynth.core.shard_format import (
+    DATA_DIR,
+    check_schema,
+    decode_image,
+    read_schema,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -332,6 +337,7 @@ class ShardDataset(IterableDataset):
             wanted.insert(0, "image")
         wanted = list(dict.fromkeys(wanted))
         skipped = 0
+        shape: tuple[int, ...] | None = None
         for unit in units:
             try:
                 table = pq.ParquetFile(unit.file).read_row_group(unit.row_group, columns=wanted)
@@ -346,15 +352,22 @@ class ShardDataset(IterableDataset):
                     "label": torch.tensor(data["label"][i] + unit.label_offset, dtype=torch.int64)
                 }
                 if self.decode_images:
+                    where = f"{unit.file}: row group {unit.row_group} row {i}"
                     try:
-                        item["image"] = image_to_tensor(decode_image(data["image"][i]["bytes"]))
+                        pixels = decode_image(data["image"][i]["bytes"])
                     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad image
-                        where = f"{unit.file}: row group {unit.row_group} row {i}"
                         if not self.skip_bad_images:
                             raise ShardError(f"{where}: undecodable image ({exc})") from None
                         skipped += 1
                         logger.warning("%s: skipping undecodable image (%s)", where, exc)
                         continue
+                    shape = shape or pixels.shape
+                    if pixels.shape != shape:  # a batch cannot mix sizes: name the row here
+                        raise ShardError(
+                            f"{where}: image is {pixels.shape[1]}x{pixels.shape[0]}, the dataset's first is "
+                            f"{shape[1]}x{shape[0]}; run `facesynth verify`"
+                        )
+                    item["image"] = image_to_tensor(pixels)
                 for column in self.columns:
                     value = data[column][i]
                     if column == "embedding" and value is not None:

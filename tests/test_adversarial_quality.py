@@ -47,7 +47,7 @@ def test_mixed_image_sizes_are_a_clear_error(tmp_path, tiny_encoder):
     config = QualityConfig(
         dataset=tmp_path / "ds", out=tmp_path / "q", encoder=f"torch:{tiny_encoder}", batch_size=4
     )
-    with pytest.raises(ShardError, match="images of different sizes"):
+    with pytest.raises(ShardError, match="64x64"):
         run_quality(config, show_progress=False)
 
 
