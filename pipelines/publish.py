@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from facesynth.core.errors import FacesynthError
-from facesynth.pipelines.cards import CARD_NAME, folder_kind
+from facesynth.pipelines.cards import CARD_NAME, check_repo_id, folder_kind
 
 logger = logging.getLogger(__name__)
 
@@ -333,15 +333,8 @@ def plan_upload(
     limits: HubLimits | None = None,
 ) -> UploadPlan:
     """Validate ``folder`` and list its upload; raise :class:`FacesynthError` naming every problem."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     folder = Path(folder)
-    try:
-        validate_repo_id(repo_id)
-        if "/" not in repo_id:
-            raise HFValidationError("expected NAMESPACE/NAME")
-    except HFValidationError as exc:
-        raise FacesynthError(f"--repo-id {repo_id!r} is not a valid Hub repo id ({exc})") from None
+    check_repo_id(repo_id)
     kind = folder_kind(folder) if repo_type == "auto" else repo_type
     files, left_out = select_upload(folder, kind, list_upload_files(folder))
     problems: list[str] = []
