@@ -81,8 +81,10 @@ def test_noise_parameters_learn_from_the_recognition_loss() -> None:
         opt.step()
     assert "dctdp_budget" in aux
     assert not torch.equal(before, method.noise.rhos)
-    assert torch.isclose(method.noise.budgets().mean(), torch.tensor(0.5), rtol=1e-5)
-    assert method.param_lr_multipliers() == {"noise.": 1.0}
+    # float32 softmax over 48K coefficients: the mean holds to ~1e-5 relative
+    assert torch.isclose(method.noise.budgets().mean(), torch.tensor(0.5), rtol=1e-4)
+    (group,) = method.optimizer_groups()  # TFace: its own Adam at lr 0.1, no weight decay
+    assert (group.prefix, group.optimizer, group.lr, group.weight_decay) == ("noise.", "adam", 0.1, 0.0)
 
 
 def test_calibrated_sensitivity_is_the_coefficient_range() -> None:
