@@ -163,28 +163,34 @@ def test_two_cpu_processes_under_torchrun_train_one_model(faces, tmp_path):
     assert load_backbone(run) is not None
 
 
-def test_method_learning_rate_multipliers_become_optimizer_groups(faces, tmp_path):
+def test_method_optimizer_groups_get_their_own_optimizer_and_schedule(faces, tmp_path):
     import facesynth.privacy  # noqa: F401  (registers dctdp)
 
+    # DCTDP declares TFace's settings for its noise: its own Adam at lr 0.1, no weight decay
     result = train_recognizer(
         small_config(
             [faces],
             tmp_path / "run",
             input_size=None,
             method="dctdp",
-            method_kwargs={"noise_lr_multiplier": 10.0},
+            backbone_kwargs={"input_size": [16, 16]},
             max_steps=2,
             checkpoint_every=2,
             lr=0.05,
+            warmup_epochs=0,
             export_onnx=False,
         )
     )
     checkpoint = result.run_dir / "checkpoints" / "checkpoint-2"
-    groups = torch.load(checkpoint / "optimizer.bin", weights_only=True)["param_groups"]
-    scales = sorted(g["lr_scale"] for g in groups)
-    assert scales == [1.0, 1.0, 10.0]  # backbone, Partial FC centres, DCTDP noise
-    for group in groups:  # the last step's learning rate, times each group's multiplier
-        assert group["lr"] == pytest.approx(groups[0]["lr"] * group["lr_scale"])
+    sgd = torch.load(checkpoint / "optimizer.bin", weights_only=True)
+    adam = torch.load(checkpoint / "optimizer_1.bin", weights_only=True)
+    assert "momentum" in sgd["param_groups"][0] and "betas" in adam["param_groups"][0]
+    assert [g["weight_decay"] for g in sgd["param_groups"]] == [5e-4, 5e-4]  # backbone, class centres
+    (noise,) = adam["param_groups"]
+    assert noise["weight_decay"] == 0.0 and len(noise["params"]) == 2  # rhos, locs
+    # the last step (1 of 2) ran at half of each group's base lr: the stage's linear decay
+    assert sgd["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.5)
+    assert noise["lr"] == pytest.approx(0.1 * 0.5)
 
 
 def test_method_aux_losses_are_trained_and_logged(faces, tmp_path):
