@@ -15,6 +15,7 @@ from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, wri
 from facesynth.generators.id3_pipeline import ID3Pipeline
 from facesynth.generators.id3_trainer import train_id3
 from facesynth.pipelines.cli import main
+from facesynth.tests.cli_processes import run_cli
 from facesynth.tests.id3_tiny import (
     face_image,
     one_thread,
@@ -132,6 +133,29 @@ def test_cli_trains_a_pipeline_that_facesynth_generate_can_use(tmp_path):
     )
     assert code == 0
     assert main(["verify", str(out)]) == 0
+
+
+@pytest.mark.slow
+def test_two_processes_finish_off_a_checkpoint_boundary(tmp_path):
+    # bug: the final save (save_state + barrier) ran on the main process only, so rank 0 died at the end
+    # whenever max_steps was not a multiple of checkpoint_every; every process must reach it
+    # two one-row-group datasets: the reader splits processes by row group
+    data = [str(write_tiny_dataset(tmp_path / f"data{i}", tiny_encoder(), 2, 4)) for i in range(2)]
+    run = tmp_path / "run"
+    args = ["train-generator", "--data", *data, "--output", str(run), "--lambda-id", "0"]
+    args += ["--unet-preset", "tiny", "--image-size", "8", "--batch-size", "4", "--max-steps", "3"]
+    args += ["--checkpoint-every", "2", "--sample-every", "0", "--num-workers", "0", "--no-progress"]
+    for setting in ("cross_attention_dim=32", "hidden_dims=[32,32]", "sample_steps=2", "log_every=1"):
+        args += ["--set", setting]
+    done = run_cli(*args, nproc=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    state = json.loads((run / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert (state["step"], state["world_size"]) == (3, 2)
+    pipe = ID3Pipeline.from_pretrained(run / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(unit_embeddings(1), num_inference_steps=1, output_type="np").images.shape == (1, 8, 8, 3)
+    assert [int(r["step"]) for r in csv.DictReader((run / "train_log.csv").open())] == [1, 2, 3]
 
 
 @pytest.fixture

@@ -149,6 +149,7 @@ def test_two_cpu_processes_under_torchrun_train_one_model(faces, tmp_path):
         "train-recognizer",
         *("--data", str(faces), "--output-dir", str(run), "--backbone", "tiny", "--input-size", "32"),
         *("--batch-size", "8", "--max-steps", "3", "--gradient-accumulation-steps", "2"),
+        *("--checkpoint-every", "2"),  # the final save (step 3) is off a checkpoint boundary
         *("--sample-rate", "0.5", "--num-workers", "0", "--log-every", "1"),
         *("--no-progress", "--no-tensorboard", "--no-onnx"),
         nproc=2,
@@ -160,7 +161,8 @@ def test_two_cpu_processes_under_torchrun_train_one_model(faces, tmp_path):
     # Partial FC shards the class centres: one file per rank
     names = sorted(p.name for p in (run / "checkpoints" / "checkpoint-3").glob("partial_fc-*"))
     assert names == ["partial_fc-rank00000-of-00002.safetensors", "partial_fc-rank00001-of-00002.safetensors"]
-    assert load_backbone(run) is not None
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    assert load_backbone(run) is not None and load_method(run).embedding_size > 0
 
 
 def test_method_optimizer_groups_get_their_own_optimizer_and_schedule(faces, tmp_path):
