@@ -192,3 +192,15 @@ def test_gradient_accumulation_and_bf16_autocast(tmp_path, fresh_accelerate_stat
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert (state["step"], state["micro_step"], state["world_size"]) == (2, 4, 1)
     assert json.loads((checkpoint / "unet_ema" / "config.json").read_text())["optimization_step"] == 2
+
+
+def test_warmup_scales_to_short_runs_or_warns(tmp_path, caplog):
+    # issue 11.5: the README's --max-steps 50 with a fixed 500-step warm-up never left warm-up
+    short = tiny_train_config(tmp_path, tmp_path / "o", max_steps=50, lr_warmup_steps=None)
+    assert short.effective_warmup_steps() == 5
+    long = tiny_train_config(tmp_path, tmp_path / "o", max_steps=100_000, lr_warmup_steps=None)
+    assert long.effective_warmup_steps() == 500
+    explicit = tiny_train_config(tmp_path, tmp_path / "o", max_steps=50, lr_warmup_steps=500)
+    with caplog.at_level("WARNING", logger="facesynth"):
+        assert explicit.effective_warmup_steps() == 500
+    assert "never leaves warm-up" in caplog.text

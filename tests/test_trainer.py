@@ -301,3 +301,16 @@ def test_periodic_verification_on_a_benchmark_file(faces, tmp_path):
     assert [int(r["step"]) for r in logged] == [2, 4]
     assert all(r["benchmark"] == "mini" and 0.0 <= float(r["accuracy"]) <= 1.0 for r in logged)
     assert [e["step"] for e in result.evaluations] == [2, 4]
+
+
+def test_calibrate_sensitivity_is_a_config_field(faces, tmp_path):
+    import facesynth.privacy  # noqa: F401  (registers dctdp)
+
+    settings = dict(input_size=None, backbone_kwargs={"input_size": [16, 16]}, max_steps=1, export_onnx=False)
+    settings.update(calibrate_sensitivity=True, calibration_batches=2)
+    result = train_recognizer(small_config([faces], tmp_path / "cal", method="dctdp", **settings))
+    sensitivity = load_method(result.run_dir).noise.sensitivity
+    assert sensitivity.min() >= 1e-3 and not torch.allclose(sensitivity, torch.ones_like(sensitivity))
+    assert "calibrated the sensitivity" in (result.run_dir / "train.log").read_text()
+    with pytest.raises(ConfigError, match="calibrate_sensitivity.*no sensitivity"):
+        train_recognizer(small_config([faces], tmp_path / "plain", **settings))
