@@ -66,6 +66,44 @@ def test_train_writes_pipeline_and_resumes_exactly(tmp_path):
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
+@pytest.mark.slow
+def test_checkpoints_of_the_earlier_layout_still_resume(tmp_path):
+    # before save_pretrained inside checkpoints: model.safetensors, model_1.safetensors, ema.safetensors
+    from safetensors.torch import save_file
+
+    data = write_tiny_dataset(tmp_path / "data", tiny_encoder(), identities=2, per_identity=4)
+    settings = dict(loss={"lambda_id": 0.0}, sample_every=0)
+    train_id3(tiny_train_config(data, tmp_path / "a", **settings))
+    new = tmp_path / "a" / "checkpoints" / "checkpoint-2"
+    old = tmp_path / "b" / "checkpoints" / "checkpoint-00000002"
+    shutil.copytree(new, old, ignore=shutil.ignore_patterns("unet*", "condition_encoder*"))
+    weights = "diffusion_pytorch_model.safetensors"
+    for i, part in enumerate(("unet", "condition_encoder")):
+        save_file(load_file(new / part / weights), old / f"model{'_1' if i else ''}.safetensors")
+    ema_config = json.loads((new / "unet_ema" / "config.json").read_text())
+    state = json.loads((old / "trainer_state.json").read_text())
+    (old / "trainer_state.json").write_text(
+        json.dumps({**state, "ema_step": ema_config["optimization_step"]})
+    )
+    # the EMA file listed parameters in model order (unet, then condition encoder)
+    from diffusers import UNet2DConditionModel
+
+    from facesynth.generators.id3_condition_encoder import ID3ConditionEncoder
+
+    ordered = []
+    for part, cls in (("unet", UNet2DConditionModel), ("condition_encoder", ID3ConditionEncoder)):
+        model = cls.from_pretrained(new / f"{part}_ema")
+        ordered += [p.detach().clone() for p in model.parameters()]
+    save_file({f"shadow.{i}": t.contiguous() for i, t in enumerate(ordered)}, old / "ema.safetensors")
+    result = train_id3(tiny_train_config(data, tmp_path / "b", resume="latest", **settings))
+    assert result.steps == 4
+    for part in ("unet", "condition_encoder"):
+        a = load_file(tmp_path / "a" / "pipeline" / part / weights)
+        b = load_file(tmp_path / "b" / "pipeline" / part / weights)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
 def test_training_data_and_encoder_errors(tmp_path):
     rows = [ShardRow(image=face_image(0, i), label=0, identity="id0", index=i) for i in range(4)]
     write_shard(tmp_path / "plain" / shard_name(0, 1), rows_to_table(rows, None))
