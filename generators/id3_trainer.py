@@ -47,7 +47,11 @@ from facesynth.core.checkpoints import TRAINER_STATE
 from facesynth.core.config import StageConfig
 from facesynth.core.errors import ConfigError, FacesynthError, ShardError
 from facesynth.core.training_run import Throughput, TrainingRun, exact_batches
-from facesynth.generators.attributes import attributes_to_array, normalize_attributes
+from facesynth.generators.attributes import (
+    attributes_to_array,
+    normalize_attributes,
+    require_attribute_coverage,
+)
 from facesynth.generators.id3_condition_encoder import ID3ConditionEncoder
 from facesynth.generators.id3_loss import ID3LossConfig, id3_loss, require_differentiable
 from facesynth.generators.id3_unet import build_id3_unet
@@ -67,19 +71,35 @@ class ID3TrainConfig(StageConfig):
     )
     unet_preset: Literal["tiny", "small", "base"] = Field(default="base", description="UNet size preset")
     unet_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="UNet2DConditionModel config overrides"
+        default_factory=dict,
+        description="UNet2DConditionModel config overrides, plus the condition-wiring options of "
+        "facesynth.generators.id3_unet: cross_attention_levels ('preset' | 'all': cross-attention in every "
+        "level) and condition_in_time_embedding (true: the condition is also added to the timestep embedding)",
     )
     vae: str | None = Field(
         default=None, description="AutoencoderKL folder for latent mode; None: pixel space"
     )
     hidden_dims: tuple[int, int] = Field(default=(512, 256), description="condition encoder MLP widths")
     cross_attention_dim: int = Field(default=768, ge=8, description="width of the condition tokens")
-    num_tokens: int = Field(default=1, ge=1, description="condition tokens per image")
+    num_tokens: int = Field(
+        default=1,
+        ge=1,
+        description="condition tokens for cross-attention (1: a spatially uniform bias; ours)",
+    )
     activation: Literal["relu", "silu", "gelu"] = Field(
         default="relu", description="condition MLP activation"
     )
-    use_attributes: bool = Field(default=True, description="condition on yaw/pitch/roll/age as well")
-    condition_dropout: float = Field(default=0.1, ge=0, lt=1, description="CFG dropout (ours; 0 = off)")
+    use_attributes: bool = Field(
+        default=True,
+        description="condition on pose/age; refused when most attribute values in the data are missing",
+    )
+    condition_dropout: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="classifier-free-guidance dropout; 0 (the paper has no CFG and this also drops the "
+        "identity term of the dropped samples)",
+    )
     identity_encoder: str | None = Field(
         default=None, description="load_encoder spec (torch:PATH) of the frozen encoder for the identity term"
     )
@@ -247,6 +267,8 @@ def train_id3(config: ID3TrainConfig, identity_encoder: Any | None = None) -> ID
     ) as run:
         accelerator, device, rank = run.accelerator, run.accelerator.device, run.rank
         embedding_dim = check_training_data(config.data)
+        if config.use_attributes:
+            require_attribute_coverage(config.data)
         identity_encoder = _identity_encoder(config, identity_encoder, embedding_dim, device)
         vae, sample_size, channels = _load_vae(config, device)
 

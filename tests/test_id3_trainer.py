@@ -36,7 +36,9 @@ def _threads():
 def test_train_writes_pipeline_and_resumes_exactly(tmp_path):
     encoder = tiny_encoder()
     data = write_tiny_dataset(tmp_path / "data", encoder, attributes=False)
-    result = train_id3(tiny_train_config(data, tmp_path / "a"), identity_encoder=encoder)
+    result = train_id3(
+        tiny_train_config(data, tmp_path / "a", use_attributes=False), identity_encoder=encoder
+    )
     run = tmp_path / "a"
     assert result.steps == 4 and result.filled_attributes == 4 * 4 * 4
     assert (run / "samples" / "step-00000002.png").is_file() and (
@@ -56,7 +58,9 @@ def test_train_writes_pipeline_and_resumes_exactly(tmp_path):
     # resume from step 2 in another folder: the final weights equal the uninterrupted run's
     resumed = tmp_path / "b"
     shutil.copytree(run / "checkpoints" / "checkpoint-2", resumed / "checkpoints" / "checkpoint-2")
-    result_b = train_id3(tiny_train_config(data, resumed, resume="latest"), identity_encoder=encoder)
+    result_b = train_id3(
+        tiny_train_config(data, resumed, resume="latest", use_attributes=False), identity_encoder=encoder
+    )
     assert result_b.steps == 4
     for part in ("unet", "condition_encoder"):
         a = load_file(run / "pipeline" / part / "diffusion_pytorch_model.safetensors")
@@ -180,7 +184,7 @@ def test_two_processes_finish_off_a_checkpoint_boundary(tmp_path):
     # two one-row-group datasets: the reader splits processes by row group
     data = [str(write_tiny_dataset(tmp_path / f"data{i}", tiny_encoder(), 2, 4)) for i in range(2)]
     run = tmp_path / "run"
-    args = ["train-generator", "--data", *data, "--output", str(run), "--lambda-id", "0"]
+    args = ["train-generator", "--data", *data, "--out", str(run), "--lambda-id", "0"]
     args += ["--unet-preset", "tiny", "--image-size", "8", "--batch-size", "4", "--max-steps", "3"]
     args += ["--checkpoint-every", "2", "--sample-every", "0", "--num-workers", "0", "--no-progress"]
     for setting in ("cross_attention_dim=32", "hidden_dims=[32,32]", "sample_steps=2", "log_every=1"):

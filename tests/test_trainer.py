@@ -147,11 +147,11 @@ def test_two_cpu_processes_under_torchrun_train_one_model(faces, tmp_path):
     run = tmp_path / "run"
     done = run_cli(
         "train-recognizer",
-        *("--data", str(faces), "--output-dir", str(run), "--backbone", "tiny", "--input-size", "32"),
+        *("--data", str(faces), "--out", str(run), "--backbone", "tiny", "--input-size", "32"),
         *("--batch-size", "8", "--max-steps", "3", "--gradient-accumulation-steps", "2"),
         *("--checkpoint-every", "2"),  # the final save (step 3) is off a checkpoint boundary
         *("--sample-rate", "0.5", "--num-workers", "0", "--log-every", "1"),
-        *("--no-progress", "--no-tensorboard", "--no-onnx"),
+        *("--no-progress", "--no-tensorboard", "--no-export-onnx"),
         nproc=2,
     )
     assert done.returncode == 0, done.stderr[-3000:]
