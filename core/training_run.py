@@ -34,6 +34,7 @@ import torch
 from facesynth.core.atomic_io import write_json_atomic
 from facesynth.core.checkpoints import TRAINER_STATE, find_checkpoint, prune_checkpoints
 from facesynth.core.errors import FacesynthError
+from facesynth.core.locks import acquire as acquire_lock
 
 logger = logging.getLogger(__name__)
 
@@ -197,8 +198,9 @@ class TrainingRun:
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self._handler: logging.Handler | None = None
         self._level: int | None = None
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = None
+        if self.is_main:  # one writer per run folder; the job's other ranks share it (core/locks.py)
+            self._lock = acquire_lock(self.run_dir, f"train ({type(config).__name__})")
             package = logging.getLogger("facesynth")
             self._handler = logging.FileHandler(self.run_dir / "train.log")
             self._handler.setFormatter(logging.Formatter(log_format))
@@ -226,6 +228,9 @@ class TrainingRun:
         for tracker in self.accelerator.trackers:
             tracker.finish()
         self.accelerator.trackers = []
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         if self._handler is not None:
             package = logging.getLogger("facesynth")
             package.removeHandler(self._handler)

@@ -133,3 +133,19 @@ def test_exact_batches_recut_worker_batches_and_drop_rows_after(tmp_path):
     log.write_text("step,loss\n1,0.5\n2,0.4\n3,0.3\n")
     assert drop_rows_after(log, 2) == 1
     assert log.read_text().splitlines() == ["step,loss", "1,0.5", "2,0.4"]
+
+
+def test_a_second_writer_of_a_run_folder_is_refused_and_the_lock_is_freed_after(faces, tmp_path):
+    """Issue 13.1 for training outputs: a run folder has one writer; the lock goes when the run ends."""
+    from facesynth.core.locks import LockedError, acquire
+
+    run = tmp_path / "locked"
+    holder = acquire(run, "someone else")
+    try:
+        with pytest.raises(LockedError, match="someone else"):
+            train_recognizer(small_config([faces], run, max_steps=1))
+        assert not (run / "train_log.csv").exists()
+    finally:
+        holder.release()
+    train_recognizer(small_config([faces], run, max_steps=1))
+    acquire(run, "after the run").release()  # the finished run released its lock
