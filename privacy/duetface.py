@@ -169,6 +169,9 @@ class DuetFace(PrivacyMethod):
         frontend_mode, key_seed, eval_seed: see :class:`~facesynth.privacy.api.PrivacyMethod`.
     """
 
+    #: a build-time source of weights, not an option: the saved weights already hold that part
+    ignore_for_config = ["client_from"]
+
     def __init__(
         self,
         backbone: str = "r50",
@@ -220,11 +223,6 @@ class DuetFace(PrivacyMethod):
             for module in (self.backbone, self.projections):
                 module.requires_grad_(False)
             self.interaction_weights.requires_grad_(False)
-
-    def method_kwargs(self) -> dict[str, Any]:
-        kwargs = super().method_kwargs()
-        kwargs.pop("client_from", None)  # the saved weights already hold the client
-        return kwargs
 
     def train(self, mode: bool = True) -> DuetFace:
         super().train(mode)

@@ -67,6 +67,9 @@ class MinusFace(PrivacyMethod):
 
     randomised = True
 
+    #: a build-time source of weights, not an option: the saved weights already hold that part
+    ignore_for_config = ["stage1_from"]
+
     def __init__(
         self,
         backbone: str = "r18",
@@ -112,11 +115,6 @@ class MinusFace(PrivacyMethod):
             )
         if self.stage == 2:
             self.generator.requires_grad_(False)
-
-    def method_kwargs(self) -> dict[str, Any]:
-        kwargs = super().method_kwargs()
-        kwargs.pop("stage1_from", None)  # the saved weights already hold the generator
-        return kwargs
 
     def train(self, mode: bool = True) -> MinusFace:
         super().train(mode)
