@@ -64,7 +64,7 @@ class FaceGenerator(ABC):
 GENERATORS: Registry[type[FaceGenerator]] = Registry(
     "generator",
     {
-        "parametric": "facesynth.generators.parametric_renderer",
+        "parametric": "facesynth.generators.parametric.renderer",
         "id3": "facesynth.generators.id3_generator",
     },
 )

@@ -22,16 +22,15 @@ identity at a fixed false-accept rate, the threshold being set on the originals'
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from facesynth.core.errors import FacesynthError
+from facesynth.core.verification_metrics import threshold_at_far
 from facesynth.privacy.payload import Payload, PayloadHeader
 from facesynth.privacy.unet import UNet
 
@@ -106,18 +105,6 @@ def _normalise(e: torch.Tensor) -> torch.Tensor:
     return F.normalize(e.double(), dim=1)
 
 
-def far_threshold(impostor_scores: torch.Tensor, far: float) -> float:
-    """The smallest score threshold whose false-accept rate on ``impostor_scores`` is at most ``far``."""
-    scores = torch.sort(impostor_scores.double().flatten(), descending=True).values
-    if scores.numel() == 0:
-        raise FacesynthError("attack success needs at least two identities in the evaluation set")
-    allowed = int(math.floor(far * scores.numel()))
-    if allowed >= scores.numel():
-        return float(scores[-1])
-    # accept strictly above the (allowed+1)-th highest impostor score
-    return float(scores[allowed]) + 1e-12
-
-
 def identity_scores(
     probe: torch.Tensor, gallery: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +161,7 @@ def recovery_metrics(
     e_rec, e_orig = embed(recovered), embed(original)
     out["identity_leakage"] = float((_normalise(e_rec) * _normalise(e_orig)).sum(1).mean())
     genuine_orig, impostor_orig, rank1_orig = identity_scores(e_orig, e_orig, labels)
-    threshold = far_threshold(impostor_orig, far)
+    threshold = threshold_at_far(impostor_orig.cpu().numpy(), far)
     genuine_rec, _, rank1_rec = identity_scores(e_rec, e_orig, labels)
     out.update(
         {
@@ -461,11 +448,6 @@ def channel_scale(views: Iterable[torch.Tensor]) -> torch.Tensor:
     if total is None:
         raise FacesynthError("channel_scale: no views")
     return (total / count).sqrt().clamp_min(1e-6).float()
-
-
-def round_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """Round metrics for reports (keeps ints as ints)."""
-    return {k: (round(v, 4) if isinstance(v, float) and np.isfinite(v) else v) for k, v in metrics.items()}
 
 
 # --------------------------------------------------------------------------------------------------
