@@ -5,7 +5,8 @@ face-recognition model, the ``(N,)`` integer class labels and, where known, the 
 the generator used, per-image attributes and the class centres of a reference set of real
 identities. The result is a plain, JSON-serialisable ``dict``.
 
-The definitions follow the reference note (``id3_and_sfr_anchors.md`` section 5):
+The definitions follow the papers named below (DCFace, Kim et al., CVPR 2023, for C_intra and greedy
+centre uniqueness; ISO/IEC 19795-1 for EER and FNMR at FMR):
 
 * intra-class consistency: cosine of each image to its class centre (the normalised class mean),
   DCFace's C_intra (share of images within cosine distance ``1 - consistency_threshold`` of the centre,
@@ -50,7 +51,7 @@ MAX_LISTED_NAMES = 1000  # flagged identity names listed in a report (the count 
 class QualitySettings(StageConfig):
     """Thresholds and sample sizes of :func:`compute_quality` (all cosines, in [-1, 1]).
 
-    The default thresholds are the ones the reference note cites (DCFace: uniqueness and C_intra at
+    The default thresholds follow DCFace (Kim et al., CVPR 2023: uniqueness and C_intra at
     cosine distance r = 0.3, i.e. cosine 0.7; leakage / flips at cosine 0.3, DCFace's filter). The right
     verification threshold depends on the evaluation encoder, so set ``flip_threshold`` and
     ``leak_threshold`` to your encoder's threshold at the FMR you care about.

@@ -1,6 +1,6 @@
 """Recovery attacks on privacy-preserving payloads, and the metrics that score them.
 
-Threat model (brief section 9, white box): the attacker knows the method and its trained client
+Threat model (white box; this harness's own design, in the spirit of the papers' recovery attacks): the attacker knows the method and its trained client
 side, runs the client on a public face set whose identities are disjoint from the victims', and so
 holds (payload, image) pairs. It sees exactly what the server sees. Two attackers are trained on those
 pairs and then applied to victims' payloads:
@@ -341,7 +341,7 @@ class RidgeInverse:
 class DecoderConfig:
     """Training recipe of the U-Net recovery attacker (defaults sized for CPU; raise for real runs).
 
-    ``lr`` 1e-3 (Adam) converges in few steps; the brief suggests about 1e-4 for long runs.
+    ``lr`` 1e-3 (Adam) converges in few steps; about 1e-4 is the safer choice for long runs.
     ``identity_weight`` > 0 adds (1 - cosine) between a differentiable encoder's embeddings of
     recovered and original faces.
     """

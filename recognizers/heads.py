@@ -2,8 +2,8 @@
 
 A margin head turns cosine logits (embedding . class centre, both L2-normalised, in [-1, 1]) into
 scaled logits for a softmax cross-entropy: the *target* logit becomes ``cos(m1 * theta + m2) - m3``
-and every logit is multiplied by ``s``. Presets follow arcface_torch (docs/reference/ecosystem_brief.md
-section 1.3): ArcFace ``(1, 0.5, 0)``, CosFace ``(1, 0, 0.4)``, ``s = 64``.
+and every logit is multiplied by ``s``. Presets follow arcface_torch (``recognition/arcface_torch/losses.py``
+and ``configs/``): ArcFace ``(1, 0.5, 0)``, CosFace ``(1, 0, 0.4)``, ``s = 64``.
 
 Rows whose label is ``-1`` (their class lives on another process under Partial FC) get no margin.
 
