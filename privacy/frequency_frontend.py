@@ -78,7 +78,6 @@ BLOCK = 8
 FREQS = BLOCK * BLOCK  # 64 frequencies per colour component
 NUM_COLOURS = 3
 NUM_CHANNELS = NUM_COLOURS * FREQS  # 192
-COLOUR_NAMES = ("Y", "Cb", "Cr")
 MODES = ("tface", "fast")
 DECODE_METHODS = ("tface", "lstsq")
 
