@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Generic, TypeVar
 
 from facesynth.core.errors import ConfigError
 
 T = TypeVar("T")
+
+#: Every registry made so far, so that tests can restore them all (:func:`all_registries_restored`).
+_ALL_REGISTRIES: list[Registry] = []
 
 
 class Registry(Generic[T]):
@@ -34,6 +37,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._builtin_modules: dict[str, str] = dict(builtin_modules or {})
+        _ALL_REGISTRIES.append(self)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: make ``obj`` available as ``name``; a second, different object for a name is refused.
@@ -97,6 +101,15 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+@contextmanager
+def all_registries_restored() -> Iterator[None]:
+    """Context manager: every registry existing on entry is :meth:`Registry.restored` on exit (tests)."""
+    with ExitStack() as stack:
+        for registry in list(_ALL_REGISTRIES):
+            stack.enter_context(registry.restored())
+        yield
 
 
 def _identity(obj: object) -> str:

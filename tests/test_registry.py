@@ -184,3 +184,14 @@ def test_backbones_save_their_full_constructor_config(tmp_path: Path) -> None:
     reloaded = load_backbone(tmp_path / "built")
     assert reloaded.backbone_name == "tiny" and reloaded.config.num_features == 64
     assert reloaded.config.zero_init_residual is True
+
+
+def test_all_registries_restored_covers_every_registry() -> None:
+    """What conftest's autouse fixture uses: a registration inside is gone afterwards, in every registry."""
+    from facesynth.core.registry import all_registries_restored
+
+    with all_registries_restored():
+        register_method("leaky-probe")(type("_Leaky", (PlainMethod,), {}))
+        HEADS.register("leaky-head")(len)
+        assert "leaky-probe" in METHODS and "leaky-head" in HEADS
+    assert "leaky-probe" not in METHODS and "leaky-head" not in HEADS
