@@ -160,7 +160,7 @@ def test_cli_reports_bad_input_with_exit_code(tmp_path, capsys):
         )
         == 2
     )
-    assert "unknown name 'nope'" in capsys.readouterr().err
+    assert "unknown generator 'nope'; available: id3, parametric" in capsys.readouterr().err
     assert main(["generate", "--identities", "-1", "--per-identity", "2", "--out", str(tmp_path / "y")]) == 2
     assert "field 'identities'" in capsys.readouterr().err
 
