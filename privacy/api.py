@@ -1,4 +1,7 @@
-"""Client/server API shared by every privacy method, and their registry.
+"""Client/server API shared by every privacy method (protect -> payload -> recognize).
+
+The privacy methods are recognition methods in the one registry
+(:data:`facesynth.recognizers.methods.METHODS`); the helpers here only narrow it to privacy methods.
 
 A :class:`PrivacyMethod` is a :class:`~facesynth.recognizers.methods.RecognitionMethod` (so the one
 recognizer trainer trains it: ``facesynth train-recognizer --privacy NAME``) split into the two halves

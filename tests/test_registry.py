@@ -195,3 +195,14 @@ def test_all_registries_restored_covers_every_registry() -> None:
         HEADS.register("leaky-head")(len)
         assert "leaky-probe" in METHODS and "leaky-head" in HEADS
     assert "leaky-probe" not in METHODS and "leaky-head" not in HEADS
+
+
+def test_pre_configmixin_backbone_folders_still_load(tmp_path: Path) -> None:
+    model = build_backbone("tiny", input_size=(48, 48))
+    save_backbone(model, tmp_path)
+    # the old format: the registry name and only the options given to build_backbone
+    (tmp_path / "backbone_config.json").write_text(json.dumps({"backbone": "tiny", "input_size": [48, 48]}))
+    loaded = load_backbone(tmp_path)
+    assert tuple(loaded.config.input_size) == (48, 48)
+    x = torch.randn(2, 3, 48, 48)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
