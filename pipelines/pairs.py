@@ -1,7 +1,7 @@
 """Verification pairs from a shard dataset: held-out identities become a benchmark.
 
 Genuine pairs are drawn from every identity's image pairs and impostor pairs from images of two
-different identities, as many of each, seeded. The result is a
+different identities, as many of each, seeded (:func:`facesynth.core.verification_metrics.sample_pairs`). The result is a
 :class:`~facesynth.recognizers.benchmark_files.VerificationSet` that ``facesynth bench`` and the
 recognizer trainer read like LFW, and that :func:`write_pairs_bin` saves in insightface's ``.bin``
 format.
@@ -9,15 +9,14 @@ format.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
-import numpy as np
 import pyarrow.compute as pc
 
-from facesynth.core.errors import ShardError
+from facesynth.core.errors import FacesynthError, ShardError
 from facesynth.core.shard_format import decode_image
 from facesynth.core.shard_reader import read_columns
+from facesynth.core.verification_metrics import sample_pairs
 from facesynth.recognizers.benchmark_files import VerificationSet, write_bin
 
 
@@ -26,32 +25,12 @@ def verification_set_from_shards(
 ) -> VerificationSet:
     """``num_pairs`` pairs (half genuine, half impostor) over the images of ``dataset``."""
     table = read_columns(dataset, ["image", "label"])
-    labels = table["label"].to_numpy()
-    by_label: dict[int, list[int]] = {}
-    for row, label in enumerate(labels):
-        by_label.setdefault(int(label), []).append(row)
-    if len(by_label) < 2:
-        raise ShardError(
-            f"{dataset}: needs at least 2 identities to build impostor pairs, found {len(by_label)}"
-        )
-    genuine_all = [pair for rows in by_label.values() for pair in itertools.combinations(rows, 2)]
-    if not genuine_all:
-        raise ShardError(f"{dataset}: no identity has 2 or more images, so there are no genuine pairs")
-    rng = np.random.default_rng(seed)
-    half = max(1, num_pairs // 2)
-    picked = rng.choice(len(genuine_all), size=min(half, len(genuine_all)), replace=False)
-    genuine = [genuine_all[i] for i in sorted(picked)]
-    impostor: set[tuple[int, int]] = set()
-    while len(impostor) < len(genuine):
-        a, b = (int(x) for x in rng.integers(0, len(labels), size=2))
-        if labels[a] != labels[b]:
-            impostor.add((min(a, b), max(a, b)))
-    # interleave genuine and impostor pairs so that every one of the protocol's 10 contiguous folds
-    # holds both kinds in equal numbers, as LFW's pairs.txt does
-    pairs = [pair for both in zip(genuine, sorted(impostor), strict=True) for pair in both]
+    try:
+        pairs, issame = sample_pairs(table["label"].to_numpy(), num_pairs, seed)
+    except FacesynthError as exc:
+        raise ShardError(f"{dataset}: {exc}") from None
     images = pc.struct_field(table["image"], "bytes").to_pylist()
-    sources = [images[i] for pair in pairs for i in pair]
-    issame = np.array([True, False] * len(genuine))
+    sources = [images[i] for i in pairs.ravel()]
     return VerificationSet(
         name=name or Path(dataset).name, sources=sources, issame=issame, origin=str(dataset)
     )
