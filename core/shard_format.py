@@ -132,7 +132,9 @@ def rows_to_table(rows: Sequence[ShardRow], embedding_dim: int | None, image_for
         "index": [int(r.index) for r in rows],
         "seed": [int(r.seed) for r in rows],
         "attributes": [
-            None if r.attributes is None else {k: float(r.attributes[k]) for k in ATTRIBUTE_NAMES}
+            None
+            if r.attributes is None
+            else {k: None if r.attributes.get(k) is None else float(r.attributes[k]) for k in ATTRIBUTE_NAMES}
             for r in rows
         ],
         "anchor_cos": [None if r.anchor_cos is None else float(r.anchor_cos) for r in rows],

@@ -45,7 +45,11 @@ from torch.utils.data import DataLoader
 from facesynth.core.checkpoints import TRAINER_STATE, find_checkpoint, prune_checkpoints
 from facesynth.core.config import StageConfig
 from facesynth.core.errors import ConfigError, FacesynthError, ShardError
-from facesynth.generators.attributes import attributes_to_array, normalize_attributes
+from facesynth.generators.attributes import (
+    attributes_to_array,
+    normalize_attributes,
+    require_attribute_coverage,
+)
 from facesynth.generators.id3_condition_encoder import ID3ConditionEncoder
 from facesynth.generators.id3_loss import ID3LossConfig, id3_loss, require_differentiable
 from facesynth.generators.id3_unet import build_id3_unet
@@ -77,17 +81,33 @@ class ID3TrainConfig(StageConfig):
     )
     unet_preset: Literal["tiny", "small", "base"] = "base"
     unet_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="UNet2DConditionModel config overrides"
+        default_factory=dict,
+        description="UNet2DConditionModel config overrides, plus the condition-wiring options of "
+        "facesynth.generators.id3_unet: cross_attention_levels ('preset' | 'all': cross-attention in every "
+        "level) and condition_in_time_embedding (true: the condition is also added to the timestep embedding)",
     )
     vae: str | None = Field(
         default=None, description="AutoencoderKL folder for latent mode; None: pixel space"
     )
     hidden_dims: tuple[int, int] = (512, 256)
     cross_attention_dim: int = Field(default=768, ge=8)
-    num_tokens: int = Field(default=1, ge=1)
+    num_tokens: int = Field(
+        default=1,
+        ge=1,
+        description="condition tokens for cross-attention (1: a spatially uniform bias; ours)",
+    )
     activation: Literal["relu", "silu", "gelu"] = "relu"
-    use_attributes: bool = True
-    condition_dropout: float = Field(default=0.1, ge=0, lt=1, description="CFG dropout (ours; 0 = off)")
+    use_attributes: bool = Field(
+        default=True,
+        description="condition on pose/age; refused when most attribute values in the data are missing",
+    )
+    condition_dropout: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="classifier-free-guidance dropout; 0 (the paper has no CFG and this also drops the "
+        "identity term of the dropped samples)",
+    )
     identity_encoder: str | None = Field(
         default=None, description="load_encoder spec (torch:PATH) of the frozen encoder for the identity term"
     )
@@ -257,6 +277,8 @@ def train_id3(config: ID3TrainConfig, identity_encoder: Any | None = None) -> ID
     device = accelerator.device
 
     embedding_dim = check_training_data(config.data)
+    if config.use_attributes:
+        require_attribute_coverage(config.data)
     if config.loss.lambda_id != 0 and identity_encoder is None:
         if config.identity_encoder is None:
             raise ConfigError(

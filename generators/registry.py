@@ -66,6 +66,7 @@ GENERATORS: Registry[type[FaceGenerator]] = Registry(
     {
         "parametric": "facesynth.generators.parametric.renderer",
         "id3": "facesynth.generators.id3_generator",
+        "arc2face": "facesynth.generators.arc2face_generator",
     },
 )
 

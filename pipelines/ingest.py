@@ -56,6 +56,9 @@ class IngestConfig(StageConfig):
     aligner: str = Field(default="none", description="none | dlib | insightface:/path/det_10g.onnx")
     none_mode: Literal["strict", "crop", "resize"] = "crop"
     encoder: str | None = Field(default=None, description="torch:PATH | onnx:PATH | insightface:PATH | dlib")
+    age_model: str | None = Field(
+        default=None, description="insightface genderage.onnx for the age attribute (None: age stays null)"
+    )
     device: str | None = None
     image_format: Literal["png", "jpeg"] = "png"
     rows_per_shard: int = Field(default=5000, gt=0)
@@ -256,6 +259,7 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
 
     from facesynth.recognizers.alignment import build_aligner
     from facesynth.recognizers.encoders import load_encoder
+    from facesynth.recognizers.face_attributes import FaceAttributeEstimator
 
     start_time = time.perf_counter()
     out = Path(config.out)
@@ -279,6 +283,7 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
     identities = list_source(config)
     aligner = build_aligner(config.aligner, device=config.device, none_mode=config.none_mode)
     encoder = load_encoder(config.encoder, device=config.device) if config.encoder else None
+    measure_attributes = FaceAttributeEstimator(config.age_model, device=config.device)
     dim = encoder.embedding_dim if encoder is not None else None
     groups = plan_groups(identities, config.rows_per_shard)
     total = sum(len(i.images) for i in identities)
@@ -329,7 +334,9 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
                         label=next_label,
                         identity=identity.name,
                         index=kept,
-                        attributes=ref.attributes,
+                        attributes=ref.attributes
+                        if ref.attributes is not None
+                        else measure_attributes(face, image),
                     )
                 )
                 kept += 1

@@ -81,7 +81,9 @@ def test_noise_parameters_learn_from_the_recognition_loss() -> None:
         opt.step()
     assert "dctdp_budget" in aux
     assert not torch.equal(before, method.noise.rhos)
-    assert torch.isclose(method.noise.budgets().mean(), torch.tensor(0.5), rtol=1e-5)
+    assert torch.isclose(
+        method.noise.budgets().double().mean(), torch.tensor(0.5, dtype=torch.float64), rtol=1e-4
+    )  # float32 softmax sum
     assert method.param_lr_multipliers() == {"noise.": 1.0}
 
 

@@ -35,7 +35,9 @@ def _threads():
 def test_train_writes_pipeline_and_resumes_exactly(tmp_path):
     encoder = tiny_encoder()
     data = write_tiny_dataset(tmp_path / "data", encoder, attributes=False)
-    result = train_id3(tiny_train_config(data, tmp_path / "a"), identity_encoder=encoder)
+    result = train_id3(
+        tiny_train_config(data, tmp_path / "a", use_attributes=False), identity_encoder=encoder
+    )
     run = tmp_path / "a"
     assert result.steps == 4 and result.filled_attributes == 4 * 4 * 4
     assert (run / "samples" / "step-00000002.png").is_file() and (
@@ -57,7 +59,9 @@ def test_train_writes_pipeline_and_resumes_exactly(tmp_path):
     shutil.copytree(
         run / "checkpoints" / "checkpoint-00000002", resumed / "checkpoints" / "checkpoint-00000002"
     )
-    result_b = train_id3(tiny_train_config(data, resumed, resume="latest"), identity_encoder=encoder)
+    result_b = train_id3(
+        tiny_train_config(data, resumed, resume="latest", use_attributes=False), identity_encoder=encoder
+    )
     assert result_b.steps == 4
     for part in ("unet", "condition_encoder"):
         a = load_file(run / "pipeline" / part / "diffusion_pytorch_model.safetensors")

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--id-schedule", default="id3_sigmoid", help="identity weight schedule (id3_sigmoid, constant, ...)"
     )
-    parser.add_argument("--condition-dropout", type=float, default=0.1, help="CFG condition dropout")
+    parser.add_argument("--condition-dropout", type=float, default=0.0, help="CFG condition dropout (0: off)")
     parser.add_argument("--checkpoint-every", type=int, default=1000)
     parser.add_argument("--sample-every", type=int, default=1000)
     parser.add_argument("--resume", help="'latest' or a checkpoint folder")
