@@ -21,6 +21,7 @@ from facesynth.data_cards.dataset_card import mentions_noncommercial_source
 from facesynth.data_cards.quality_report import TEMPLATES, fmt
 
 BASE_TAGS = ["face-recognition", "facesynth", "synthetic-data"]
+COUNT_COLUMNS = ("num_pairs", "pairs", "no_face_images", "no_face_pairs")  # counts, not eval results
 
 
 @dataclass
@@ -80,6 +81,7 @@ def _eval_results(facts: ModelCardFacts) -> list:
                 isinstance(value, (int, float))
                 and not isinstance(value, bool)
                 and not metric.endswith("_std")
+                and metric not in COUNT_COLUMNS
             ):
                 results.append(
                     EvalResult(

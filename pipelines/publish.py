@@ -179,8 +179,8 @@ def validate_dataset_card(folder: Path, num_rows: int | None, upload_paths: Sequ
         return [f"{path}: card does not parse ({exc})"]
     data = card.data.to_dict()
     problems: list[str] = []
-    if not data.get("license"):
-        problems.append(f"{path}: YAML has no license")
+    if data.get("license") in (None, "", "unknown"):
+        problems.append(f"{path}: licence unknown; state it: facesynth card {path.parent} --license ID")
     allowed = set(_size_categories())
     for value in _as_list(data.get("size_categories")):
         if value not in allowed:

@@ -60,7 +60,7 @@ class QualityConfig(StageConfig):
     encoder: str | None = Field(None, description="evaluation encoder spec; None: use the stored embeddings")
     reference: Path | None = Field(None, description="shard dataset of real identities for the leakage check")
     out: Path | None = Field(None, description="output folder; default: the dataset folder")
-    device: str = "cpu"
+    device: str = Field("auto", description="encoder device: auto (CUDA when available), cpu, cuda, cuda:K")
     batch_size: int = Field(64, gt=0)
     grid_identities: int = Field(8, ge=1)
     grid_images: int = Field(8, ge=1)

@@ -163,7 +163,7 @@ def test_cli_reports_bad_input_with_exit_code(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown generator 'nope'; available: " in err and "id3, parametric" in err
     assert main(["generate", "--identities", "-1", "--per-identity", "2", "--out", str(tmp_path / "y")]) == 2
-    assert "field 'identities'" in capsys.readouterr().err
+    assert "--identities: bad value -1" in capsys.readouterr().err
 
 
 def test_cli_config_file_sets_defaults(tmp_path, capsys):
@@ -189,7 +189,7 @@ def test_cli_config_file_sets_defaults(tmp_path, capsys):
         )
         == 2
     )
-    assert "unknown settings ['idenities']" in capsys.readouterr().err
+    assert "unknown setting 'idenities'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

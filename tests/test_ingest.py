@@ -183,7 +183,7 @@ def test_ingest_cli(tmp_path, tiny_model, capsys):
     assert main(["ingest", str(src), "--out", str(tmp_path / "o3"), "--aligner", "mtcnn"]) == 2
     assert main(["ingest", str(src), "--out", str(tmp_path / "o4"), "--rows-per-shard", "0"]) == 2
     err = capsys.readouterr().err
-    assert "ingest source not found" in err and "unknown aligner" in err and "rows_per_shard" in err
+    assert "ingest source not found" in err and "unknown aligner" in err and "--rows-per-shard: bad value 0" in err
 
 
 def test_ingest_from_shards_keeps_attributes(tmp_path):
