@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
-from facesynth.core.config import load_config_file, parse_overrides
+from facesynth.core.config import load_config_file, load_yaml, parse_overrides
 from facesynth.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -150,7 +149,11 @@ def _help(option: FlagOption) -> str:
 
 
 def _yaml_value(text: str) -> Any:
-    return yaml.safe_load(text)
+    """A flag's value parsed as a YAML scalar or list, alias bombs refused (argparse reports the error)."""
+    try:
+        return load_yaml(text, source="command-line value")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _argparse_kwargs(option: FlagOption) -> dict[str, Any]:

@@ -14,13 +14,11 @@ it is at or above a threshold, a *distance* when it is below one.
   false-accept rates, flagged when the impostor count cannot resolve the rate.
 - :func:`threshold_at_far`: the similarity threshold that lets at most a FAR of impostors through.
 - :func:`error_rates`: equal error rate and FNMR at given FMRs (ISO/IEC 19795-1 terms) with thresholds.
-- :func:`balanced_pairs`: genuine and impostor pairs from an identities x images grid;
-  :func:`sample_pairs`: the same from any label column (what held-out shard benchmarks use).
+- :func:`balanced_pairs`: genuine and impostor pairs from an identities x images grid.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -181,35 +179,3 @@ def balanced_pairs(num_identities: int, images_per_identity: int, seed: int = 0)
     ia, ib = rng.integers(0, images_per_identity, n), rng.integers(0, images_per_identity, n)
     impostor = [(int(a[j]), int(ia[j]), int(b[j]), int(ib[j]), 0) for j in range(n)]
     return np.array(genuine + impostor, dtype=np.int64)
-
-
-def sample_pairs(labels: np.ndarray, num_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """About ``num_pairs`` row pairs of a label column, half genuine and half impostor, seeded.
-
-    Genuine pairs are drawn without replacement from all same-label row pairs, impostor pairs are
-    distinct random cross-label pairs; the two kinds alternate (genuine first), so each of the k-fold
-    protocol's contiguous folds holds both in equal numbers, as LFW's ``pairs.txt`` does. Returns
-    ``(pairs (M, 2) row indices, issame (M,))``.
-    """
-    labels = np.asarray(labels)
-    by_label: dict[int, list[int]] = {}
-    for row, label in enumerate(labels):
-        by_label.setdefault(int(label), []).append(row)
-    if len(by_label) < 2:
-        raise FacesynthError(
-            f"pairs need at least 2 identities to build impostor pairs, found {len(by_label)}"
-        )
-    genuine_all = [pair for rows in by_label.values() for pair in itertools.combinations(rows, 2)]
-    if not genuine_all:
-        raise FacesynthError("no identity has 2 or more images, so there are no genuine pairs")
-    rng = np.random.default_rng(seed)
-    half = max(1, num_pairs // 2)
-    picked = rng.choice(len(genuine_all), size=min(half, len(genuine_all)), replace=False)
-    genuine = [genuine_all[i] for i in sorted(picked)]
-    impostor: set[tuple[int, int]] = set()
-    while len(impostor) < len(genuine):
-        a, b = (int(x) for x in rng.integers(0, len(labels), size=2))
-        if labels[a] != labels[b]:
-            impostor.add((min(a, b), max(a, b)))
-    pairs = [pair for both in zip(genuine, sorted(impostor), strict=True) for pair in both]
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array([True, False] * len(genuine))

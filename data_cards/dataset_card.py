@@ -269,11 +269,11 @@ def build_dataset_card(facts: DatasetCardFacts, template_path: str | Path | None
 
 
 def write_dataset_card(facts: DatasetCardFacts, folder: str | Path) -> Path:
-    """Write ``folder/README.md`` atomically and return its path."""
-    from facesynth.core.atomic_io import atomic_write
+    """Write ``folder/README.md`` atomically (refusing one facesynth did not write); return its path."""
+    from facesynth.core.ownership import owned_write
 
     card = build_dataset_card(facts)
     path = Path(folder) / "README.md"
-    with atomic_write(path) as handle:
+    with owned_write(path) as handle:  # never replaces a user's README.md
         handle.write(str(card).encode("utf-8"))
     return path

@@ -152,10 +152,10 @@ def build_model_card(facts: ModelCardFacts, template_path: str | Path | None = N
 
 
 def write_model_card(facts: ModelCardFacts, folder: str | Path) -> Path:
-    """Write ``folder/README.md`` atomically and return its path."""
-    from facesynth.core.atomic_io import atomic_write
+    """Write ``folder/README.md`` atomically (refusing one facesynth did not write); return its path."""
+    from facesynth.core.ownership import owned_write
 
     path = Path(folder) / "README.md"
-    with atomic_write(path) as handle:
+    with owned_write(path) as handle:  # never replaces a user's README.md
         handle.write(str(build_model_card(facts)).encode("utf-8"))
     return path

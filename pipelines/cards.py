@@ -246,8 +246,22 @@ def model_card_facts(
     )
 
 
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a Hub repo id that the Hub would refuse (``NAMESPACE/NAME``), before anything is written."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+        if "/" not in repo_id:
+            raise HFValidationError("expected NAMESPACE/NAME")
+    except HFValidationError as exc:
+        raise FacesynthError(f"--repo-id {repo_id!r} is not a valid Hub repo id ({exc})") from None
+
+
 def write_card(folder: str | Path, kind: FolderKind | Literal["auto"] = "auto", **options: Any) -> Path:
     """Write ``folder/README.md`` for a dataset or model folder; returns its path."""
+    if options.get("repo_id"):
+        check_repo_id(options["repo_id"])
     from facesynth.data_cards.dataset_card import write_dataset_card
     from facesynth.data_cards.model_card import write_model_card
 

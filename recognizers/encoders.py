@@ -371,17 +371,33 @@ class DlibEncoder(IdentityEncoder):
         return torch.tensor(np.array([np.asarray(d) for d in descriptors]), dtype=torch.float32)
 
 
+def _split_spec(spec: str) -> tuple[str, str]:
+    """``KIND:TARGET`` -> (kind, target); a bare path is guessed from its form (``.onnx`` -> onnx, else torch)."""
+    kind, sep, target = str(spec).partition(":")
+    if not sep or (len(kind) == 1 and os.name == "nt"):
+        kind, target = (
+            ("dlib", "") if spec == "dlib" else (("onnx" if str(spec).endswith(".onnx") else "torch"), spec)
+        )
+    return kind, target
+
+
+def resolve_encoder_spec(spec: str) -> str:
+    """The spec with a local file or folder made absolute, so a saved pipeline or config that records it
+    still finds the encoder when used from another working directory. Names (``insightface:buffalo_l``,
+    ``dlib``) are kept as they are."""
+    kind, target = _split_spec(spec)
+    if target and Path(target).expanduser().exists():
+        return f"{kind}:{Path(target).expanduser().resolve()}"
+    return str(spec)
+
+
 def load_encoder(spec: str, device: str | torch.device | None = None) -> IdentityEncoder:
     """Build an encoder from ``torch:PATH``, ``onnx:PATH``, ``onnx-torch:PATH``, ``onnx2torch:PATH``,
     ``insightface:PATH_OR_NAME`` or ``dlib``.
 
     A bare path is guessed from its form: ``.onnx`` -> onnx, anything else -> torch.
     """
-    kind, sep, target = str(spec).partition(":")
-    if not sep or (len(kind) == 1 and os.name == "nt"):
-        kind, target = (
-            ("dlib", "") if spec == "dlib" else (("onnx" if str(spec).endswith(".onnx") else "torch"), spec)
-        )
+    kind, target = _split_spec(spec)
     torch_device = device
     if device in (None, "auto"):
         rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -30,6 +30,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from facesynth.core.errors import ConfigError, FacesynthError
+from facesynth.core.optim_groups import OptimizerGroup
 from facesynth.core.registry import Registry
 from facesynth.recognizers.backbones import (
     _jsonable,
@@ -116,13 +117,14 @@ class RecognitionMethod(nn.Module, ConfigMixin):
         skip = {"backbone", "backbone_kwargs", "method"}
         return {k: v for k, v in self.config.items() if k not in skip and not k.startswith("_")}
 
-    def param_lr_multipliers(self) -> dict[str, float]:
-        """Learning-rate multipliers by parameter-name prefix (e.g. ``{"noise.": 10.0}``).
+    def optimizer_groups(self) -> list[OptimizerGroup]:
+        """Parts of the method trained with their own optimizer settings (none by default).
 
-        The trainer puts each matching trainable parameter (longest prefix wins) in a parameter group
-        whose learning rate is the schedule's times the multiplier; everything else gets 1.
+        Each :class:`~facesynth.core.optim_groups.OptimizerGroup` names a parameter-name prefix (longest
+        prefix wins) and the settings that differ from the trainer's: optimizer type, lr or lr scale,
+        weight decay, schedule. Everything else uses the trainer's settings.
         """
-        return {}
+        return []
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor | None = None

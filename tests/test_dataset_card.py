@@ -179,3 +179,29 @@ def test_publish_refuses_an_unknown_licence(tmp_path):
     assert any("licence unknown" in p and "--license" in p for p in problems), problems
     write_dataset_card(facts(license="apache-2.0"), tmp_path)
     assert not any("licen" in p for p in validate_dataset_card(tmp_path, None, []))
+
+
+def test_card_refuses_a_bad_repo_id_before_writing(tmp_path, capsys):
+    from facesynth.pipelines.cli import main
+
+    folder = tmp_path / "ds"
+    (folder / "data").mkdir(parents=True)
+    write_two_shards(folder / "data")
+    assert main(["card", str(folder), "--kind", "dataset", "--repo-id", "not a repo id!!"]) == 2
+    assert "--repo-id 'not a repo id!!' is not a valid Hub repo id" in capsys.readouterr().err
+    assert not (folder / "README.md").exists()
+
+
+def test_flag_value_alias_bomb_is_an_argparse_error():
+    """A YAML-typed flag value is measured with its aliases expanded and refused as a usage error."""
+    import argparse
+
+    from facesynth.core.cli_args import _yaml_value
+
+    value = "[&a [x,x,x,x,x,x,x,x,x,x]"
+    for name, prev in zip("bcdefgh", "abcdefg", strict=True):
+        value += f", &{name} [" + ",".join([f"*{prev}"] * 10) + "]"
+    value += "]"
+    with pytest.raises(argparse.ArgumentTypeError, match="YAML expands to more than"):
+        _yaml_value(value)
+    assert _yaml_value("[1, 2]") == [1, 2]

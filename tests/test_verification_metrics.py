@@ -10,7 +10,6 @@ from facesynth.core.verification_metrics import (
     balanced_pairs,
     best_threshold_accuracy,
     error_rates,
-    sample_pairs,
     threshold_at_far,
 )
 
@@ -59,13 +58,3 @@ def test_balanced_pairs_are_balanced_and_impostors_cross_identities():
     assert np.array_equal(pairs, balanced_pairs(5, 4, seed=3))
     with pytest.raises(FacesynthError, match="at least 2 identities"):
         balanced_pairs(1, 4)
-
-
-def test_sample_pairs_alternate_genuine_and_impostor_rows_of_a_label_column():
-    labels = np.repeat(np.arange(6), 4)
-    pairs, issame = sample_pairs(labels, 20, seed=1)
-    assert len(pairs) == 20 and issame.tolist() == [True, False] * 10
-    same_label = labels[pairs[:, 0]] == labels[pairs[:, 1]]
-    assert np.array_equal(same_label, issame) and len({tuple(p) for p in pairs}) == 20
-    with pytest.raises(FacesynthError, match="no genuine pairs"):
-        sample_pairs(np.arange(5), 10)
