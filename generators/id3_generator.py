@@ -1,6 +1,6 @@
 """``facesynth generate --generator id3``: ID3 synthetic datasets from a trained ID3Pipeline.
 
-The generator follows ID3's dataset recipe (Algorithm 3; reference note section 2.8): N identity
+The generator follows ID3's dataset recipe (arXiv 2409.17576, Algorithm 3 and Appendix C): N identity
 anchors spread by a Tammes solver, per image a condition embedding at a uniformly drawn cosine to
 its anchor, attributes resampled from a training set, then ID-preserving sampling with the pipeline.
 Registered as ``id3``, it inherits sharding, determinism and resume from ``facesynth generate``.
@@ -15,7 +15,7 @@ each image uses a numpy generator and a torch CPU generator seeded from its requ
 result does not depend on batching or the number of processes (up to float reduction order of
 batched convolutions, i.e. at most a rare 1-level difference in 8-bit pixels).
 
-Defaults, and which are unverified (ID3's code was never released, see reference note 2.1):
+Defaults, and which are unverified (ID3's code was never released):
 
 =========================  ===============  =====================================================
 option                     default          status
@@ -26,7 +26,7 @@ attributes                 empirical        paper (rows resampled from ``referen
 num_inference_steps        50               unverified
 scheduler                  saved            unverified (DDPM vs DDIM unknown)
 guidance_scale             1.0 (no CFG)     unverified (whether ID3 uses CFG is unknown)
-id_guidance (kappa)        1.0              unverified (tune on a pilot, reference note section 6)
+id_guidance (kappa)        1.0              unverified (tune on a pilot run)
 id_guidance_schedule       alpha_bar        ours; ``id3_sigmoid`` ties kappa_t to the training weight
 id_guidance_every / until  1 / 1.0          ours (identity gradient on every step; fewer is faster)
 scheduler (speed)          saved            ``dpmsolver++`` / ``unipc`` at 15-25 steps: see

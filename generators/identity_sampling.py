@@ -1,6 +1,6 @@
 """What to render for a new synthetic dataset: identity anchors, per-image conditions, attributes.
 
-ID3's dataset recipe (Algorithm 3; reference note id3_and_sfr_anchors.md section 2.8):
+ID3's dataset recipe (Xu et al., NeurIPS 2024, arXiv 2409.17576: Algorithm 3 and Appendix C):
 
 1. N anchors w_i on the unit sphere, spread by a Tammes solver (:mod:`facesynth.generators.tammes`),
    or placed at random (the paper's "ID3-random" ablation), or read from a ``.npy`` file.

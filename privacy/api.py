@@ -1,4 +1,7 @@
-"""Client/server API shared by every privacy method, and their registry.
+"""Client/server API shared by every privacy method (protect -> payload -> recognize).
+
+The privacy methods are recognition methods in the one registry
+(:data:`facesynth.recognizers.methods.METHODS`); the helpers here only narrow it to privacy methods.
 
 A :class:`PrivacyMethod` is a :class:`~facesynth.recognizers.methods.RecognitionMethod` (so the one
 recognizer trainer trains it: ``facesynth train-recognizer --privacy NAME``) split into the two halves
@@ -32,34 +35,37 @@ import torch
 from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.privacy.frequency_frontend import FrequencyFrontend
 from facesynth.privacy.payload import PAYLOAD_VERSION, Payload, PayloadHeader
-from facesynth.recognizers.methods import RecognitionMethod, build_method, load_method, register_method
-
-_PRIVACY_METHODS: dict[str, type[PrivacyMethod]] = {}
+from facesynth.recognizers.methods import (
+    METHODS,
+    RecognitionMethod,
+    build_method,
+    get_method_class,
+    load_method,
+    register_method,
+)
 
 
 def register_privacy_method(name: str) -> Callable[[type[PrivacyMethod]], type[PrivacyMethod]]:
-    """Class decorator: register a :class:`PrivacyMethod` with the recognizer registry (``--privacy name``)."""
+    """Class decorator: register a :class:`PrivacyMethod` in the one method registry (``--privacy name``)."""
 
     def decorator(cls: type[PrivacyMethod]) -> type[PrivacyMethod]:
         if not issubclass(cls, PrivacyMethod):
             raise TypeError(f"{cls.__qualname__} must derive from PrivacyMethod")
-        register_method(name)(cls)
-        _PRIVACY_METHODS[name] = cls
-        return cls
+        return register_method(name)(cls)
 
     return decorator
 
 
 def available_privacy_methods() -> list[str]:
-    """Registered privacy method names (those imported so far; ``import facesynth.privacy`` loads all)."""
-    return sorted(_PRIVACY_METHODS)
+    """Names of the registered methods that are privacy methods (imports the built-in providers)."""
+    return sorted(name for name, cls in METHODS.load_builtins().items() if issubclass(cls, PrivacyMethod))
 
 
 def build_privacy_method(
     name: str, backbone: str = "r50", backbone_kwargs: Mapping[str, Any] | None = None, **kwargs: Any
 ) -> PrivacyMethod:
-    """Build a registered privacy method (through the recognizer registry, so options are recorded)."""
-    if name not in _PRIVACY_METHODS:
+    """Build a registered privacy method; refuses a name that is a plain recognition method."""
+    if not issubclass(get_method_class(name), PrivacyMethod):
         raise ConfigError(
             f"unknown privacy method {name!r}; available: {', '.join(available_privacy_methods())}"
         )

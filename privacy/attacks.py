@@ -1,6 +1,6 @@
 """Recovery attacks on privacy-preserving payloads, and the metrics that score them.
 
-Threat model (brief section 9, white box): the attacker knows the method and its trained client
+Threat model (white box; this harness's own design, in the spirit of the papers' recovery attacks): the attacker knows the method and its trained client
 side, runs the client on a public face set whose identities are disjoint from the victims', and so
 holds (payload, image) pairs. It sees exactly what the server sees. Two attackers are trained on those
 pairs and then applied to victims' payloads:
@@ -26,12 +26,12 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from facesynth.core.errors import FacesynthError
+from facesynth.core.verification_metrics import threshold_at_far
 from facesynth.privacy.payload import Payload, PayloadHeader
 from facesynth.privacy.unet import UNet
 
@@ -106,18 +106,6 @@ def _normalise(e: torch.Tensor) -> torch.Tensor:
     return F.normalize(e.double(), dim=1)
 
 
-def far_threshold(impostor_scores: torch.Tensor, far: float) -> float:
-    """The smallest score threshold whose false-accept rate on ``impostor_scores`` is at most ``far``."""
-    scores = torch.sort(impostor_scores.double().flatten(), descending=True).values
-    if scores.numel() == 0:
-        raise FacesynthError("attack success needs at least two identities in the evaluation set")
-    allowed = int(math.floor(far * scores.numel()))
-    if allowed >= scores.numel():
-        return float(scores[-1])
-    # accept strictly above the (allowed+1)-th highest impostor score
-    return float(scores[allowed]) + 1e-12
-
-
 def identity_scores(
     probe: torch.Tensor, gallery: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +162,7 @@ def recovery_metrics(
     e_rec, e_orig = embed(recovered), embed(original)
     out["identity_leakage"] = float((_normalise(e_rec) * _normalise(e_orig)).sum(1).mean())
     genuine_orig, impostor_orig, rank1_orig = identity_scores(e_orig, e_orig, labels)
-    threshold = far_threshold(impostor_orig, far)
+    threshold = threshold_at_far(impostor_orig.cpu().numpy(), far)
     genuine_rec, _, rank1_rec = identity_scores(e_rec, e_orig, labels)
     out.update(
         {
@@ -500,11 +488,6 @@ def channel_scale(views: Iterable[torch.Tensor]) -> torch.Tensor:
     if total is None:
         raise FacesynthError("channel_scale: no views")
     return (total / count).sqrt().clamp_min(1e-6).float()
-
-
-def round_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """Round metrics for reports (keeps ints as ints)."""
-    return {k: (round(v, 4) if isinstance(v, float) and np.isfinite(v) else v) for k, v in metrics.items()}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,14 +1,14 @@
 """DuetFace (Mi et al., ACM MM 2022): collaborative inference by splitting the frequency channels.
 
-The block-DCT spectrum (192 channels, brief section 2) is split per colour component: the 10 "crucial"
+The block-DCT spectrum (192 channels, :mod:`facesynth.privacy.frequency_frontend`) is split per colour component: the 10 "crucial"
 low frequencies k in {0,1,2,3,4,5,8,9,16,24} (30 channels) stay on the client, where a small
 MobileFaceNet-style network runs on them; the other 54 per component (162 channels) go to the server,
 whose IResNet has a 162-channel stem. After each of the server's four stages an *interactive block*
 modulates the server features with a mask made on the client from its own activations and a facial
-region of interest (brief section 5.2):
+region of interest (TFace ``recognition/tasks/duetface/duetface_model.py``):
 
 1. client activation -> learned 1x1 projection to one channel (TFace re-creates a random 1x1 conv on
-   every forward pass, a bug the brief notes in section 5.7; a learned projection followed by the
+   every forward pass, a bug in its ``duetface_model.py``; a learned projection followed by the
    channel average is the same linear map, so we learn one) -> resize to the server stage's size;
 2. per-sample min-max normalisation (with an epsilon, TFace divides by zero on blank masks);
 3. multiply by the ROI mask (resized bilinearly, ``align_corners=True``), normalise again;
@@ -28,7 +28,7 @@ landmarks). Faces without landmarks (older shards, .bin benchmarks) use the ArcF
 every aligned face's landmarks lie by construction. Documented deviation; PFLD weights are not
 distributed (TFace issue #88).
 
-Training (brief section 5.3) is two runs of the one recognizer trainer:
+Training (TFace ``duetface/train.py`` and ``train.yaml``) is two runs of the one recognizer trainer:
 
 - ``stage="client"``: the client network alone, trained with the trainer's margin head on the 30
   crucial channels (its embeddings are what the trainer sees);
@@ -175,6 +175,8 @@ class DuetFace(PrivacyMethod):
     """
 
     uses_landmarks = True
+    #: a build-time source of weights, not an option: the saved weights already hold that part
+    ignore_for_config = ["client_from"]
 
     def __init__(
         self,
@@ -227,11 +229,6 @@ class DuetFace(PrivacyMethod):
             for module in (self.backbone, self.projections):
                 module.requires_grad_(False)
             self.interaction_weights.requires_grad_(False)
-
-    def method_kwargs(self) -> dict[str, Any]:
-        kwargs = super().method_kwargs()
-        kwargs.pop("client_from", None)  # the saved weights already hold the client
-        return kwargs
 
     def train(self, mode: bool = True) -> DuetFace:
         super().train(mode)

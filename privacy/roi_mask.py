@@ -1,7 +1,7 @@
 """Facial region-of-interest (ROI) masks from landmarks, for DuetFace's interactive masking.
 
 TFace's DuetFace runs PFLD (98 WFLW landmarks) on every image, takes the convex hull, and rasterises
-it to a binary 112 x 112 mask (brief section 5.2). PFLD weights are not distributed with TFace
+it to a binary 112 x 112 mask (``recognition/tasks/duetface/duetface_model.py``). PFLD weights are not distributed with TFace
 (issue #88) and were trained on WFLW crops rather than ArcFace-aligned faces, so facesynth uses its
 own landmarks instead: the 5-point landmarks its aligner returns, or those the parametric renderer
 reports for a rendered image, or, for already-aligned data without landmarks, the ArcFace 5-point

@@ -31,8 +31,11 @@ def _images(n: int, seed: int = 0, size: int = 16) -> torch.Tensor:
 def test_methods_are_registered_with_the_recognizer_registry() -> None:
     for name in METHODS:
         assert name in available_methods() and name in available_privacy_methods()
-    with pytest.raises(FacesynthError, match="unknown privacy method"):
+    assert "plain" in available_methods() and "plain" not in available_privacy_methods()
+    with pytest.raises(FacesynthError, match="unknown recognition method 'nope'; available: dctdp"):
         build_privacy_method("nope", "tiny")
+    with pytest.raises(FacesynthError, match="unknown privacy method 'plain'"):
+        build_privacy_method("plain", "tiny")
     with pytest.raises(FacesynthError, match="conflicts"):
         build_privacy_method("dctdp", "tiny", {"in_channels": 3})
 
