@@ -71,17 +71,17 @@ def _tensor(images: np.ndarray, size: int = SIZE) -> torch.Tensor:
 
 def pair_accuracy(features: np.ndarray, seed: int = 0) -> float:
     """Best-threshold accuracy on the renderer's balanced pairs of the test identities."""
-    from facesynth.generators.parametric_renderer import best_threshold_accuracy, verification_pairs
+    from facesynth.core.verification_metrics import balanced_pairs, best_threshold_accuracy
 
     feats = features.reshape(TEST_IDS, TEST_PER_ID, -1)
     feats = feats / (np.linalg.norm(feats, axis=-1, keepdims=True) + 1e-12)
-    pairs = verification_pairs(TEST_IDS, TEST_PER_ID, seed)
+    pairs = balanced_pairs(TEST_IDS, TEST_PER_ID, seed)
     scores = np.einsum("nd,nd->n", feats[pairs[:, 0], pairs[:, 1]], feats[pairs[:, 2], pairs[:, 3]])
     return best_threshold_accuracy(scores, pairs[:, 4].astype(bool))
 
 
 def raw_pixel_accuracy(data: dict[str, Any]) -> float:
-    from facesynth.generators.parametric_renderer import raw_pixel_features
+    from facesynth.generators.parametric.difficulty import raw_pixel_features
 
     return pair_accuracy(raw_pixel_features(data["test_images"]))
 

@@ -265,5 +265,9 @@ class ParametricRenderer(FaceGenerator):
         faces = []
         for request in requests:
             out = self.render(request)
-            faces.append(GeneratedFace(image=out.image, embedding=None, attributes=out.attributes))
+            faces.append(
+                GeneratedFace(
+                    image=out.image, embedding=None, attributes=out.attributes, landmarks=out.landmarks
+                )
+            )
         return faces
