@@ -56,6 +56,10 @@ CONFIG_COMMANDS = {
     "ingest": {"source": "src", "out": "ds"},
     "attack": {"target": "rgb", "public": ["p"], "output_dir": "out"},
     "bench": {"model": "torch:run", "out": "bench"},
+    "card": {"folder": "ds"},
+    "pairs": {"dataset": "ds", "out": "pairs.bin"},
+    "publish": {"folder": "ds", "repo_id": "me/ds"},
+    "verify": {"dataset": "ds"},
 }
 
 
