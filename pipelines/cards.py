@@ -48,7 +48,9 @@ FolderKind = Literal["dataset", "model"]
 class CardOptions(StageConfig):
     """What a card states beyond the folder's own files (the runner's ``card`` section)."""
 
-    repo_id: str | None = Field(default=None, description="Hub repo id the card refers to (loading snippet, links)")
+    repo_id: str | None = Field(
+        default=None, description="Hub repo id the card refers to (loading snippet, links)"
+    )
     license: str | None = Field(
         default=None,
         description="Hub licence id of the card (unset: the source models' saved licence; 'unknown' when they "
@@ -62,9 +64,13 @@ class CardOptions(StageConfig):
     pretty_name: str | None = Field(default=None, description="datasets: title (unset: the folder name)")
     source_datasets: list[str] = Field(default_factory=list, description="datasets: source dataset ids")
     tags: list[str] = Field(default_factory=list, description="datasets: extra Hub tags")
-    model_name: str | None = Field(default=None, description="models: model name (unset: from repo id or folder)")
+    model_name: str | None = Field(
+        default=None, description="models: model name (unset: from repo id or folder)"
+    )
     training_data: list[str] = Field(default_factory=list, description="models: training dataset ids")
-    recipe_file: Path | None = Field(default=None, description="models: training recipe file (YAML/TOML/JSON)")
+    recipe_file: Path | None = Field(
+        default=None, description="models: training recipe file (YAML/TOML/JSON)"
+    )
     benchmarks_file: Path | None = Field(
         default=None, description="models: benchmark results JSON (unset: bench/bench.json in the folder)"
     )
@@ -81,7 +87,15 @@ class CardConfig(CardOptions):
 
 
 DATASET_OPTIONS = ("repo_id", "license", "encoder_license", "pretty_name", "source_datasets", "tags")
-MODEL_OPTIONS = ("repo_id", "license", "model_name", "training_data", "recipe_file", "benchmarks_file", "base_model")
+MODEL_OPTIONS = (
+    "repo_id",
+    "license",
+    "model_name",
+    "training_data",
+    "recipe_file",
+    "benchmarks_file",
+    "base_model",
+)
 
 
 def folder_kind(folder: str | Path) -> FolderKind:

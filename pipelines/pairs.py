@@ -23,6 +23,7 @@ from facesynth.core.shard_format import decode_image
 from facesynth.core.shard_reader import read_columns
 from facesynth.recognizers.benchmark_files import VerificationSet, write_bin
 
+
 class PairsConfig(StageConfig):
     """Settings of ``facesynth pairs`` (and the runner's pairs stage)."""
 
