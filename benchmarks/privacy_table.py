@@ -123,7 +123,8 @@ def parametric_faces(identities: int, per_identity: int, seed: int) -> list[tupl
 
 
 def write_split(faces: list[tuple[str, np.ndarray]], folder: Path) -> Path:
-    from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+    from facesynth.core.shard_format import ShardRow
+    from facesynth.tests.shard_fixtures import write_dataset
 
     names = sorted({n for n, _ in faces})
     label = {n: i for i, n in enumerate(names)}
@@ -132,7 +133,7 @@ def write_split(faces: list[tuple[str, np.ndarray]], folder: Path) -> Path:
     for name, image in faces:
         rows.append(ShardRow(image=image, label=label[name], identity=name, index=counts.get(name, 0)))
         counts[name] = counts.get(name, 0) + 1
-    write_shard(folder / shard_name(0, 1), rows_to_table(rows, None))
+    write_dataset(folder, [rows])
     return folder
 
 
