@@ -134,8 +134,9 @@ def parametric_faces(identities: int, per_identity: int, seed: int) -> list[Face
 
 
 def write_split(faces: list[Face], folder: Path) -> Path:
-    """One shard of the faces (with the landmarks column when the faces have landmarks)."""
-    from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+    """One shard of the faces and its manifest (with the landmarks column when the faces have landmarks)."""
+    from facesynth.core.shard_format import ShardRow
+    from facesynth.tests.shard_fixtures import write_dataset
 
     names = sorted({f[0] for f in faces})
     label = {n: i for i, n in enumerate(names)}
@@ -148,7 +149,7 @@ def write_split(faces: list[Face], folder: Path) -> Path:
             )
         )
         counts[name] = counts.get(name, 0) + 1
-    write_shard(folder / shard_name(0, 1), rows_to_table(rows, None))
+    write_dataset(folder, [rows])
     return folder
 
 

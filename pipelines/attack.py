@@ -64,15 +64,21 @@ class AttackStageConfig(StageConfig):
     seed: int = 0
     device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda, cuda:K")
     progress: bool = True
+    allow_plain_parquet: bool = Field(
+        default=False,
+        description="read dataset folders that have no facesynth.json (plain Parquet), unchecked",
+    )
 
 
 def load_faces(
-    sources: Sequence[str], max_images: int | None = None, seed: int = 0
+    sources: Sequence[str], max_images: int | None = None, seed: int = 0, *, allow_plain: bool = False
 ) -> tuple[torch.Tensor, list[str]]:
     """All (or a seeded random ``max_images``) faces of shard datasets: images in [-1, 1] and identities."""
     from facesynth.core.shard_reader import ShardDataset
 
-    dataset = ShardDataset(list(sources), shuffle=False, columns=["identity"], even_split=False)
+    dataset = ShardDataset(
+        list(sources), shuffle=False, columns=["identity"], even_split=False, allow_plain=allow_plain
+    )
     images, identities = [], []
     for row in dataset:
         images.append(row["image"])
@@ -225,11 +231,16 @@ def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
         config = config.model_copy(update={"device": "cuda" if torch.cuda.is_available() else "cpu"})
     out = Path(config.output_dir)
     torch.manual_seed(config.seed)
+    plain = config.allow_plain_parquet
     if config.victims:
-        public, public_ids = load_faces(config.public, config.max_public_images, config.seed)
-        victims, victim_ids = load_faces(config.victims, config.max_victim_images, config.seed + 1)
+        public, public_ids = load_faces(
+            config.public, config.max_public_images, config.seed, allow_plain=plain
+        )
+        victims, victim_ids = load_faces(
+            config.victims, config.max_victim_images, config.seed + 1, allow_plain=plain
+        )
     else:
-        images, identities = load_faces(config.public, None, config.seed)
+        images, identities = load_faces(config.public, None, config.seed, allow_plain=plain)
         (public, public_ids), (victims, victim_ids) = split_by_identity(
             images, identities, config.public_fraction
         )

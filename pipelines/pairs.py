@@ -13,13 +13,30 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
+from pydantic import Field
 
 from facesynth.core.atomic_io import TMP_SUFFIX
+from facesynth.core.config import StageConfig
 from facesynth.core.errors import ConfigError, FacesynthError, ShardError
 from facesynth.core.locks import output_lock
 from facesynth.core.shard_format import decode_image
 from facesynth.core.shard_reader import read_columns, sources_have_column
 from facesynth.recognizers.benchmark_files import VerificationSet, write_bin
+
+
+class PairsConfig(StageConfig):
+    """Settings of ``facesynth pairs`` (and the runner's pairs stage)."""
+
+    dataset: Path = Field(description="shard dataset folder of identities the recognizer never saw")
+    out: Path = Field(description="output .bin file")
+    num_pairs: int = Field(
+        default=3000, ge=2, multiple_of=2, description="total pairs, half genuine and half impostor"
+    )
+    seed: int = Field(default=0, description="seed of the pair draw")
+    allow_plain_parquet: bool = Field(
+        default=False, description="read a folder of Parquet shards that has no facesynth.json, unchecked"
+    )
+
 
 #: Draws allowed per wanted impostor pair before giving up (each draw is an impostor; only repeats fail).
 IMPOSTOR_DRAWS_PER_PAIR = 50
@@ -81,7 +98,7 @@ def verification_set_from_shards(
     seed: int = 0,
     name: str | None = None,
     *,
-    allow_plain_parquet: bool = True,
+    allow_plain_parquet: bool = False,
 ) -> VerificationSet:
     """Exactly ``num_pairs`` pairs (half genuine, half impostor) over the images of ``dataset``.
 
@@ -188,3 +205,14 @@ def write_pairs_bin(
                     f"does not decode ({exc}); run `facesynth verify {dataset}`"
                 ) from None
         return write_bin(path, images, pairs.issame.tolist(), variant="bytes", image_format="PNG")
+
+
+def run_pairs(config: PairsConfig) -> Path:
+    """The pairs stage: :func:`write_pairs_bin` with the settings of ``config``."""
+    return write_pairs_bin(
+        config.dataset,
+        config.out,
+        config.num_pairs,
+        config.seed,
+        allow_plain_parquet=config.allow_plain_parquet,
+    )

@@ -20,6 +20,7 @@ from facesynth.privacy.attacks import (
 )
 from facesynth.privacy.roi_mask import roi_mask_from_landmarks
 from facesynth.privacy.unet import UNet, sparsity_kl
+from facesynth.tests.shard_fixtures import add_manifest
 
 
 def _smooth_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -230,6 +231,7 @@ def _write_faces(folder, identities, per_identity=2, seed=0):
             noisy = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
             rows.append(ShardRow(image=noisy, label=label, identity=name, index=index))
     write_shard(folder / shard_name(0, 1), rows_to_table(rows, None))
+    add_manifest(folder)
     return folder
 
 

@@ -21,6 +21,7 @@ from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, wri
 from facesynth.recognizers.backbones import load_backbone
 from facesynth.recognizers.trainer import RecognizerTrainConfig, train_recognizer
 from facesynth.recognizers.verification import kfold_accuracy
+from facesynth.tests.shard_fixtures import add_manifest
 
 # A recipe for ~300 training images: scale s = 16 instead of arcface_torch's 64 (30 classes, not 100k) and
 # random shifts of up to 3 px. Measured on ORL s1-s30 -> s31-s40 while tuning (one run each, shared CPU):
@@ -129,6 +130,7 @@ def write_dataset(folder: Path, images: dict, train_ids: list[int], grey: bool =
         for i in sorted(i for t, i in images if t == s)
     ]
     write_shard(folder / shard_name(0, 1), rows_to_table(rows, None))
+    add_manifest(folder)
     return folder
 
 
