@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+from facesynth.core.shard_format import ShardRow
+from facesynth.tests.shard_fixtures import write_dataset
 
 SIZE = 32  # training / protection resolution (the frontend's grid; 8x8 DCT blocks of an 8x upsample)
 TRAIN_IDS, TRAIN_PER_ID = 40, 8
@@ -57,7 +58,7 @@ def make_data(folder: Path, seed: int = 0) -> dict[str, Any]:
         )
         for i, (im, lm) in enumerate(zip(images, landmarks, strict=True))
     ]
-    write_shard(folder / shard_name(0, 1), rows_to_table(rows, None), row_group_size=64)
+    write_dataset(folder, [rows], row_group_size=64)
     test_images, test_landmarks = _faces(TRAIN_IDS, TEST_IDS, TEST_PER_ID, seed)
     return {"train": folder, "test_images": test_images, "test_landmarks": test_landmarks}
 

@@ -13,13 +13,13 @@ from facesynth.core.shard_format import (
     read_schema,
     rows_to_table,
     shard_name,
-    write_shard,
 )
 from facesynth.core.shard_reader import ShardDataset, sources_have_column
 from facesynth.privacy.api import build_privacy_method
 from facesynth.privacy.roi_mask import roi_mask_from_landmarks
 from facesynth.recognizers.alignment import template
 from facesynth.recognizers.trainer import augment, augment_landmarks
+from facesynth.tests.shard_fixtures import write_dataset
 
 CLIENT = (4, 4, 8, 8, 16)
 LEFT = np.array([[30, 45], [52, 45], [41, 60], [32, 75], [50, 75]], dtype=np.float32)  # a face to the left
@@ -38,7 +38,7 @@ def _write(folder, landmarks_per_row):
         )
         for i, lm in enumerate(landmarks_per_row)
     ]
-    write_shard(folder / shard_name(0, 1), rows_to_table(rows, None), row_group_size=8)
+    write_dataset(folder, [rows], row_group_size=8)
     return folder
 
 
