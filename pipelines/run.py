@@ -7,6 +7,7 @@ upstream); a rerun skips stages whose hash matches and whose output exists, and 
 (generation reuses finished shards, training resumes from its last checkpoint). ``RUN_DIR/run.log``
 holds the whole run's log, ``RUN_DIR/report.md`` / ``report.html`` its summary.
 
+Top-level keys starting with ``x-`` hold YAML anchors to reuse (``<<: *train``) and are ignored.
 Named recipes ship in ``pipelines/configs/<name>.yaml`` (:func:`recipe_names`). Older run files
 with ``train_data`` / ``eval_data`` / ``pairs`` / ... sections are converted to the graph form.
 """
@@ -134,7 +135,9 @@ def apply_profile(data: dict[str, Any], profile: str | None) -> dict[str, Any]:
         return data
     profiles = data.get("profiles") or {}
     if profile not in profiles:
-        raise ConfigError(f"field 'profiles': no profile {profile!r} (profiles: {', '.join(profiles) or 'none'})")
+        raise ConfigError(
+            f"field 'profiles': no profile {profile!r} (profiles: {', '.join(profiles) or 'none'})"
+        )
     return apply_overrides(data, profiles[profile], source=f"profile {profile}:")
 
 
@@ -150,6 +153,7 @@ def load_run_config(
         path, recipe = None, str(path)
     data = builtin_config(recipe or "demo") if path is None else load_config_file(path)
     source = str(path) if path is not None else f"recipe {recipe or 'demo'}"
+    data = {k: v for k, v in data.items() if not str(k).startswith("x-")}  # YAML anchors for reuse
     if "stages" not in data and any(k in data for k in LEGACY_SECTIONS):
         data = legacy_to_graph(data)
     data = apply_overrides(apply_profile(data, profile), parse_set_pairs(settings))

@@ -255,8 +255,10 @@ class StageLedger:
         record = self.records.get(stage.name, {})
         return record.get("hash") == stage.digest and record.get("status") == "done" and stage.output.exists()
 
-    def started_with_same_settings(self, stage: PlannedStage) -> bool:
-        return self.records.get(stage.name, {}).get("hash") == stage.digest
+    def interrupted(self, stage: PlannedStage) -> bool:
+        """Started under these settings and never finished: resume it, keeping its partial work."""
+        record = self.records.get(stage.name, {})
+        return record.get("hash") == stage.digest and record.get("status") == "running"
 
     def mark(self, stage: PlannedStage, status: str, **details: Any) -> None:
         self.records[stage.name] = {
@@ -332,7 +334,7 @@ def execute(
         if ledger.is_done(stage):
             progress.line(index, stage, "done earlier, skipped", remaining)
             continue
-        resuming = ledger.started_with_same_settings(stage)
+        resuming = ledger.interrupted(stage)
         if not resuming and stage.kind.output_field is not None and stage.stage_dir.exists():
             shutil.rmtree(stage.stage_dir)  # made under other settings: start clean
         progress.line(index, stage, "resuming" if resuming else "running", [stage.name, *remaining])

@@ -84,6 +84,9 @@ def _train_generator(config: Any, ctx: RunContext) -> dict[str, Any]:
 def _train_recognizer(config: Any, ctx: RunContext) -> dict[str, Any]:
     from facesynth.recognizers.trainer import train_recognizer
 
+    if config.method != "plain":
+        import facesynth.privacy  # noqa: F401 - registers the privacy methods (issue 12 bug 3)
+
     update: dict[str, Any] = {"progress": ctx.show_progress}
     if ctx.resuming and (ctx.stage_dir / "checkpoints").is_dir() and config.resume is None:
         update["resume"] = "latest"
@@ -104,6 +107,13 @@ def _pairs(config: PairsStageConfig, ctx: RunContext) -> dict[str, Any]:
     config.out.mkdir(parents=True, exist_ok=True)
     write_pairs_bin(config.dataset, config.out / f"{ctx.stage_name}.bin", config.num_pairs, config.seed)
     return {"pairs": config.num_pairs}
+
+
+def _subset(config: Any, ctx: RunContext) -> dict[str, Any]:
+    from facesynth.pipelines.subset import write_subset
+
+    manifest = write_subset(config)
+    return {"identities": manifest.num_identities, "images": manifest.num_rows}
 
 
 def _bench(config: Any, ctx: RunContext) -> dict[str, Any]:
@@ -246,6 +256,15 @@ STAGE_KINDS: dict[str, StageKind] = {
             description="a dataset from any registered generator",
         ),
         StageKind(
+            "subset",
+            SHARDS,
+            _lazy("facesynth.pipelines.subset", "SubsetConfig"),
+            {"dataset": InputSlot("dataset", SHARD_LIKE)},
+            _subset,
+            output_field="out",
+            description="a label range of a dataset's identities (train / held-out splits)",
+        ),
+        StageKind(
             "pairs",
             BENCHMARK,
             _here("PairsStageConfig"),
@@ -262,6 +281,8 @@ STAGE_KINDS: dict[str, StageKind] = {
             {
                 "data": InputSlot("data", SHARD_LIKE, many=True),
                 "benchmarks": InputSlot("benchmarks", (BENCHMARK,), many=True),
+                "client_from": InputSlot("method_kwargs.client_from", MODEL_LIKE),
+                "stage1_from": InputSlot("method_kwargs.stage1_from", MODEL_LIKE),
             },
             _train_recognizer,
             output_field="output_dir",
