@@ -199,10 +199,12 @@ def plan_run(
             slot = kind.inputs[slot_name]
             refs = _refs(value)
             upstream += refs
-            input_hashes[slot_name] = [planned[r].digest for r in refs]
+            # an upstream stage with invalid settings is reported already; check this one with its folder
+            outputs = [planned[r].output if r in planned else run_dir / r for r in refs]
+            input_hashes[slot_name] = [planned[r].digest if r in planned else "" for r in refs]
             if slot.field is None:
                 continue
-            paths = [f"torch:{planned[r].output}" if slot.encoder else str(planned[r].output) for r in refs]
+            paths = [f"torch:{out}" if slot.encoder else str(out) for out in outputs]
             given = _get_dotted(spec.settings, slot.field)
             if given is not None and not slot.many:
                 problems.append(
