@@ -19,6 +19,7 @@ still exists is skipped.
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import time
@@ -192,7 +193,7 @@ def plan_run(
     for name in order:
         spec, kind = stages[name], kinds[stages[name].kind]
         stage_dir = run_dir / name
-        settings = {**kind.defaults, **spec.settings}
+        settings = copy.deepcopy({**kind.defaults, **spec.settings})  # inputs fill nested fields
         upstream: list[str] = []
         input_hashes: dict[str, list[str]] = {}
         for slot_name, value in spec.inputs.items():

@@ -91,6 +91,17 @@ def test_interrupted_stage_resumes_and_changed_stage_starts_clean(tmp_path):
     assert not (tmp_path / "b" / "partial").exists()  # other settings: the folder is made afresh
 
 
+def test_hashes_do_not_depend_on_the_run_folder(tmp_path):
+    digests = [
+        [s.digest for s in plan(load_run_config("demo", {"run_dir": tmp_path / name}))] for name in ("a", "b")
+    ]
+    assert digests[0] == digests[1]
+    config = load_run_config("demo", {"run_dir": tmp_path})
+    assert "pipeline" not in config.stages["id3_faces"].settings["options"]  # inputs do not leak into it
+    plan(config)
+    assert "pipeline" not in config.stages["id3_faces"].settings["options"]
+
+
 def test_progress_lines_have_elapsed_and_eta(tmp_path):
     lines: list[str] = []
     execute(plan_run(tmp_path, _graph(), KINDS), tmp_path, lines.append, show_progress=False)
@@ -214,10 +225,8 @@ def test_demo_graph_at_smoke_size_then_rerun_then_one_change(tmp_path, capsys):
     assert table["models"]["recognizer_dctdp"]["method"] == "dctdp"
     assert set(table["models"]) == {"face_encoder", "recognizer", "recognizer_dctdp"}
     attack = json.loads((run_dir / "attack" / "attack.json").read_text())
-    assert attack["target"]["method"] == "dctdp" and attack["num_victim_identities"] == 6
-    assert "model-index" in (run_dir / "recognizer" / "README.md").read_text() or (
-        "unseen_pairs" in (run_dir / "recognizer" / "README.md").read_text()
-    )
+    assert attack["target"]["method"] == "dctdp" and attack["num_victim_identities"] >= 2
+    assert "name: unseen_pairs accuracy" in (run_dir / "recognizer" / "README.md").read_text()
     assert json.loads((run_dir / "publish" / "publish.json").read_text())["uploaded"] is False
     report = (run_dir / "report.md").read_text()
     for part in (
