@@ -41,6 +41,14 @@ class RunConfig(StageConfig):
     description: str = ""
     stages: dict[str, StageSpec] = Field(min_length=1)
     skip: list[str] = Field(default_factory=list, description="stage names or kinds to leave out")
+    processes: int = Field(
+        default=1, ge=1, description="processes (GPUs) for training and generation stages; >1 launches them"
+    )
+    launcher: list[str] | None = Field(
+        default=None,
+        description="command prefix that starts several processes (default: python -m torch.distributed.run "
+        "--nproc_per_node PROCESSES); e.g. [accelerate, launch, --multi_gpu, --num_processes, '8']",
+    )
     profiles: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="named sets of dotted overrides (e.g. quick: {stages.id3.settings.max_steps: 50})",
@@ -198,7 +206,24 @@ def run_pipeline(
     started = time.perf_counter()
     try:
         say(f"run {run_dir}: {len(planned)} stages")
-        records = execute(planned, run_dir, say, show_progress=show_progress, skip=tuple(config.skip))
+        launch = None
+        if config.processes > 1 or config.launcher:
+            from facesynth.pipelines.run_stage import launch_stage
+
+            def launch(stage: PlannedStage, context: Any) -> dict[str, Any]:
+                return launch_stage(
+                    stage.spec.kind,
+                    stage.config,
+                    stage.stage_dir,
+                    config.processes,
+                    config.launcher,
+                    show_progress,
+                    context.resuming,
+                )
+
+        records = execute(
+            planned, run_dir, say, show_progress=show_progress, skip=tuple(config.skip), launch=launch
+        )
         if report:
             from facesynth.pipelines.report import write_run_report
 

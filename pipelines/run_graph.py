@@ -77,6 +77,8 @@ class StageKind:
     output_of: Callable[[Any, Path], Path] = lambda config, stage_dir: stage_dir
     defaults: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: runs under a multi-process launcher when the run file asks for several processes
+    distributed: bool = False
 
 
 @dataclass
@@ -319,8 +321,12 @@ def execute(
     echo: Callable[[str], None],
     show_progress: bool = True,
     skip: tuple[str, ...] = (),
+    launch: Callable[[PlannedStage, RunContext], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run (or skip, or resume) every planned stage in order; returns the ledger records."""
+    """Run (or skip, or resume) every planned stage in order; returns the ledger records.
+
+    ``launch`` runs the ``distributed`` stages instead of calling them in this process.
+    """
     ledger = StageLedger(run_dir)
     previous = {
         name: float(r["seconds"])
@@ -351,7 +357,10 @@ def execute(
             {k: _refs(v) for k, v in stage.spec.inputs.items()},
         )
         began = time.perf_counter()
-        summary = stage.kind.run(stage.config, context) or {}
+        if launch is not None and stage.kind.distributed:
+            summary = launch(stage, context)
+        else:
+            summary = stage.kind.run(stage.config, context) or {}
         seconds = time.perf_counter() - began
         progress.durations.append(seconds)
         ledger.mark(stage, "done", seconds=round(seconds, 2), output=str(stage.output), **summary)

@@ -240,6 +240,7 @@ STAGE_KINDS: dict[str, StageKind] = {
             output_field="output_dir",
             output_of=lambda config, stage_dir: stage_dir / "pipeline",
             description="train ID3 on shards with embeddings",
+            distributed=True,
         ),
         StageKind(
             "generate",
@@ -254,6 +255,7 @@ STAGE_KINDS: dict[str, StageKind] = {
             _generate,
             output_field="out",
             description="a dataset from any registered generator",
+            distributed=True,
         ),
         StageKind(
             "subset",
@@ -288,6 +290,7 @@ STAGE_KINDS: dict[str, StageKind] = {
             output_field="output_dir",
             defaults={"tensorboard": False},
             description="a recognizer (plain or privacy method)",
+            distributed=True,
         ),
         StageKind(
             "bench",

@@ -251,3 +251,35 @@ def test_demo_graph_at_smoke_size_then_rerun_then_one_change(tmp_path, capsys):
     run_pipeline(changed, show_progress=False, echo=lines.append, report=False)
     ran = [line.split()[1] for line in lines if "running" in line]
     assert ran == ["unseen_pairs", "recognizer", "bench", "model_card"]
+
+
+@pytest.mark.slow
+def test_training_and_generation_stages_run_under_a_two_process_launcher(tmp_path):
+    """processes: 2 -> generate and train_recognizer run under torchrun (gloo on CPU); the rest in-process."""
+    data = {
+        "run_dir": str(tmp_path / "run"),
+        "processes": 2,
+        "stages": {
+            "faces": {"kind": "generate", "settings": {"identities": 4, "per_identity": 4, "shard_size": 8}},
+            "pairs": {"kind": "pairs", "inputs": {"dataset": "faces"}, "settings": {"num_pairs": 10}},
+            "model": {
+                "kind": "train_recognizer",
+                "inputs": {"data": ["faces"]},
+                "settings": {
+                    "backbone": "tiny",
+                    "input_size": 16,
+                    "batch_size": 4,
+                    "max_steps": 2,
+                    "num_workers": 0,
+                    "checkpoint_every": 0,
+                    "export_onnx": False,
+                },
+            },
+        },
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    records = run_pipeline(load_run_config(path), show_progress=False, echo=lambda line: None, report=False)
+    assert records["faces"]["images"] == 16 and records["model"]["steps"] == 2
+    assert (tmp_path / "run" / "model" / "backbone.safetensors").is_file()
+    assert not (tmp_path / "run" / "faces" / "faces.config.json").exists()  # launch files stay outside
