@@ -283,3 +283,37 @@ def test_training_and_generation_stages_run_under_a_two_process_launcher(tmp_pat
     assert records["faces"]["images"] == 16 and records["model"]["steps"] == 2
     assert (tmp_path / "run" / "model" / "backbone.safetensors").is_file()
     assert not (tmp_path / "run" / "faces" / "faces.config.json").exists()  # launch files stay outside
+
+
+def test_subset_keeps_a_label_range_relabelled(tmp_path):
+    from facesynth.core.manifest import Manifest
+    from facesynth.core.shard_reader import read_columns
+    from facesynth.pipelines.generate import GenerateConfig, generate_dataset
+    from facesynth.pipelines.subset import SubsetConfig, write_subset
+
+    source = tmp_path / "all"
+    generate_dataset(
+        GenerateConfig(identities=5, per_identity=2, out=source, shard_size=4), show_progress=False
+    )
+    manifest = write_subset(SubsetConfig(dataset=source, out=tmp_path / "held_out", label_start=3))
+    table = read_columns(tmp_path / "held_out", ["label", "identity"])
+    assert table["label"].to_pylist() == [0, 0, 1, 1]
+    assert table["identity"].to_pylist() == read_columns(source, ["identity"])["identity"].to_pylist()[6:]
+    assert manifest.num_identities == 2 and Manifest.read(tmp_path / "held_out").num_rows == 4
+    with pytest.raises(ConfigError, match="label_stop 2 must be above label_start 3"):
+        SubsetConfig.from_mapping(
+            {"dataset": source, "out": tmp_path / "x", "label_start": 3, "label_stop": 2}
+        )
+
+
+@pytest.mark.slow
+def test_orl_recipe_ingests_and_splits_the_real_faces(orl_root, tmp_path):
+    config = load_run_config(
+        "orl",
+        {"run_dir": tmp_path, "skip": ["recognizer", "bench", "model_card"]},
+        settings=[f"stages.orl.settings.source={orl_root}"],
+    )
+    records = run_pipeline(config, show_progress=False, echo=lambda line: None, report=False)
+    assert records["orl"]["identities"] == 40 and records["orl"]["images"] == 400
+    assert records["orl_train"]["identities"] == 30 and records["orl_held_out"]["identities"] == 10
+    assert records["held_out_pairs"]["pairs"] == 900
