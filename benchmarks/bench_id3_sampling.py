@@ -10,6 +10,18 @@ its time to the ``kappa = 0`` pipeline's.
     python -m facesynth.benchmarks.bench_id3_sampling                         # CPU, small 32 px model
     python -m facesynth.benchmarks.bench_id3_sampling --preset base --size 112 --device cuda --dtype bf16 \\
         --batch 64 --steps 50 --encoder r50
+
+``--compare`` (issue 17) times and compares samplers and guidance options on a *trained* pipeline, on
+the same seeds and conditions, against 50-step DDIM: DPM-Solver++ and UniPC at ``--fast-steps`` (20),
+DDIM with the identity gradient every 2nd step, and in the first half of the schedule only. Quality
+columns: ``id_cos`` = cos(f_A(image), condition y), ``anchor_cos`` = cos(f_A(image), identity anchor)
+(conditions at cosine 0.7-0.9 to random anchors), ``paired_cos_B`` = mean cos under the evaluation
+encoder B between each image and the DDIM-50 image of the same seed, and ``frechet_B`` = Frechet
+distance between the B-embedding sets of the option and of DDIM-50; ``frechet_B`` of DDIM-50 with other
+seeds is the noise floor a difference must exceed to mean anything.
+
+    python -m facesynth.benchmarks.bench_id3_sampling --compare --pipeline RUN/pipeline \\
+        --identity-encoder torch:ENC_A --eval-encoder torch:ENC_B --kappa 30 --batch 32
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import argparse
 import json
 import time
 
+import numpy as np
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,6 +95,105 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return best
 
 
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two embedding sets (rows = samples)."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * np.real(root)))
+
+
+def compare(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Time and quality of each sampling option against 50-step DDIM on the same seeds (see docstring)."""
+    from facesynth.generators.id3_loss import embed_for_identity
+    from facesynth.generators.id3_pipeline import ID3Pipeline
+    from facesynth.generators.identity_sampling import cosine_band_embeddings
+    from facesynth.recognizers.encoders import load_encoder
+
+    device = torch.device(args.device)
+    pipe = ID3Pipeline.from_pretrained(args.pipeline).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    encoder_a = load_encoder(args.identity_encoder, device=device)
+    encoder_b = load_encoder(args.eval_encoder, device=device)
+    dim = int(pipe.condition_encoder.config.embedding_dim)
+    rng = np.random.default_rng(0)
+    anchors = rng.standard_normal((args.batch, dim))
+    anchors /= np.linalg.norm(anchors, axis=1, keepdims=True)
+    y = np.stack([cosine_band_embeddings(a, rng.uniform(0.7, 0.9, 1), rng)[0] for a in anchors])
+    y_t = torch.from_numpy(y).float().to(device)
+    attributes = None
+    if pipe.condition_encoder.config.num_attributes:
+        attributes = np.column_stack(
+            [
+                rng.normal(0, 20, args.batch).clip(-60, 60),
+                rng.normal(0, 8, args.batch),
+                np.zeros(args.batch),
+                rng.uniform(20, 60, args.batch),
+            ]
+        ).astype(np.float32)
+    saved = pipe.scheduler
+
+    def sample(scheduler: str, steps: int, seed: int = 0, **options):
+        pipe.scheduler = saved
+        pipe.use_scheduler(scheduler)
+        generators = [torch.Generator().manual_seed(seed * 100_000 + i) for i in range(args.batch)]
+        start = time.perf_counter()
+        images = pipe(
+            y_t,
+            attributes,
+            num_inference_steps=steps,
+            id_guidance=args.kappa,
+            identity_encoder=encoder_a,
+            generator=generators,
+            output_type="pt",
+            **options,
+        ).images
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return images.to(device) * 2 - 1, time.perf_counter() - start
+
+    def quality(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            a = embed_for_identity(encoder_a, images).cpu().numpy()
+            b = embed_for_identity(encoder_b, images).cpu().numpy()
+        return a, b
+
+    options = {
+        "ddim_50": ("ddim", 50, {}),
+        f"dpmsolver++_{args.fast_steps}": ("dpmsolver++", args.fast_steps, {}),
+        f"unipc_{args.fast_steps}": ("unipc", args.fast_steps, {}),
+        "ddim_50_guidance_every_2": ("ddim", 50, {"id_guidance_every": 2}),
+        "ddim_50_guidance_first_half": ("ddim", 50, {"id_guidance_until": 0.5}),
+    }
+    results: dict[str, dict[str, float]] = {}
+    reference_b = None
+    reference_time = None
+    for name, (scheduler, steps, extra) in options.items():
+        images, seconds = sample(scheduler, steps, **extra)
+        a, b = quality(images)
+        if reference_b is None:
+            reference_b, reference_time = b, seconds
+        results[name] = {
+            "seconds": seconds,
+            "time_ratio_to_ddim_50": seconds / reference_time,
+            "id_cos": float(np.sum(a * y, axis=1).mean()),
+            "anchor_cos": float(np.sum(a * anchors, axis=1).mean()),
+            "paired_cos_B": float(np.sum(b * reference_b, axis=1).mean()),
+            "frechet_B": frechet_distance(b, reference_b),
+        }
+    images, seconds = sample("ddim", 50, seed=1)
+    _, b = quality(images)
+    results["ddim_50_other_seeds"] = {
+        "seconds": seconds,
+        "time_ratio_to_ddim_50": seconds / reference_time,
+        "paired_cos_B": float(np.sum(b * reference_b, axis=1).mean()),
+        "frechet_B": frechet_distance(b, reference_b),
+    }
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -99,8 +211,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--compare", action="store_true", help="samplers vs DDIM-50 on a trained pipeline")
+    parser.add_argument("--pipeline", help="trained ID3Pipeline folder (--compare)")
+    parser.add_argument("--identity-encoder", help="guidance encoder spec, e.g. torch:RUN (--compare)")
+    parser.add_argument("--eval-encoder", help="independent evaluation encoder spec (--compare)")
+    parser.add_argument(
+        "--fast-steps", type=int, default=20, help="steps of DPM-Solver++ / UniPC (--compare)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.compare:
+        if not (args.pipeline and args.identity_encoder and args.eval_encoder):
+            parser.error("--compare needs --pipeline, --identity-encoder and --eval-encoder")
+        table = compare(args)
+        print("option | time ratio to DDIM-50 | id_cos | anchor_cos | paired cos B | Frechet B")
+        for name, row in table.items():
+            print(
+                f"{name} | {row['time_ratio_to_ddim_50']:.3f} | {row.get('id_cos', float('nan')):.4f} | "
+                f"{row.get('anchor_cos', float('nan')):.4f} | {row['paired_cos_B']:.4f} | {row['frechet_B']:.4f}"
+            )
+        if args.json:
+            print(json.dumps(table))
+        return 0
     device = torch.device(args.device)
     pipe, encoder = build(args)
     y = torch.nn.functional.normalize(torch.randn(args.batch, args.embedding_dim), dim=1).to(device)

@@ -2,6 +2,8 @@
 # GPU checks in one short run: the gpu-marked tests, then throughput at 112x112.
 #
 #   benchmarks/gpu_checks.sh OUT_DIR SHARD_DIR
+#   ID3_ABLATION=1 benchmarks/gpu_checks.sh OUT_DIR SHARD_DIR   # + ID3 ablation part 1 at 64x64 bf16 (~20 min)
+#   benchmarks/gpu_checks.sh --smoke OUT_DIR   # CPU: every ID3 step of this script on tiny settings (minutes)
 #
 # SHARD_DIR: a parametric shard dataset for the recognizer runs, e.g.
 #   facesynth generate --generator parametric --identities 100 --per-identity 50 --image-format jpeg --out DIR
@@ -11,8 +13,14 @@
 # with random weights), recognizer training images/s streaming from shards (r50 + ArcFace, batch
 # 128) for each precision and privacy method, frequency-frontend and Tammes-solver times.
 set -u
-out=${1:?usage: gpu_checks.sh OUT_DIR SHARD_DIR}
-data=${2:?usage: gpu_checks.sh OUT_DIR SHARD_DIR}
+smoke=0
+if [ "${1-}" = "--smoke" ]; then
+  smoke=1
+  shift
+fi
+out=${1:?usage: gpu_checks.sh [--smoke] OUT_DIR SHARD_DIR}
+data=${2:-}
+[ "$smoke" = 1 ] || [ -n "$data" ] || { echo "usage: gpu_checks.sh OUT_DIR SHARD_DIR" >&2; exit 2; }
 mkdir -p "$out"
 log="$out/gpu_checks.log"
 json="$out/gpu_checks.json"
@@ -48,6 +56,24 @@ json.dump(data, open(path, "w"), indent=1)
 PY
 }
 
+id3_sampling_compare() { # id3_sampling_compare RUN_DIR SEED_DIR DEVICE: samplers vs DDIM-50 on a trained model
+  step id3_sampling_compare 600 "$py" -m facesynth.benchmarks.bench_id3_sampling --compare --json \
+    --pipeline "$2/id3_full/pipeline" --identity-encoder "torch:$1/encoder_A" \
+    --eval-encoder "torch:$1/encoder_B" --kappa 30 --batch 32 --device "$3"
+  record id3_sampling_compare
+}
+
+if [ "$smoke" = 1 ]; then
+  step id3_ablation_smoke 900 "$py" -m facesynth.benchmarks.ablation_id3_parametric --smoke --out "$work/ablation"
+  cp "$work/ablation/ablation.json" "$out/ablation_smoke.json" 2>/dev/null
+  id3_sampling_compare "$work/ablation" "$work/ablation/seed0" cpu
+  step id3_sampling_speed 300 "$py" -m facesynth.benchmarks.bench_id3_sampling --json --steps 4 --repeats 1
+  record id3_sampling_speed
+  cat "$json"
+  rm -rf "$work"
+  exit "$failed"
+fi
+
 step environment 60 bash -c "nvidia-smi -L; $py -c 'import torch, diffusers, accelerate; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(), diffusers.__version__, accelerate.__version__)'"
 
 step gpu_tests 150 "$py" -m pytest -q -p no:cacheprovider -n 6 tests/test_gpu.py
@@ -66,6 +92,12 @@ import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 print(rows[-1]["images_per_s"])' "$csv")"
 done
+
+if [ "${ID3_ABLATION:-0}" = 1 ]; then
+  step id3_ablation_gpu64 1500 "$py" -m facesynth.benchmarks.ablation_id3_parametric --recipe gpu64 \
+    --out "$out/ablation_gpu64"
+  id3_sampling_compare "$out/ablation_gpu64" "$out/ablation_gpu64/seed0" cuda
+fi
 
 step frequency_frontend 90 "$py" -m facesynth.benchmarks.bench_frequency_frontend --device cuda --batch 128
 step tammes_10k_512d 120 "$py" -m facesynth.benchmarks.bench_tammes --device cuda --n 10000 --dim 512 --json

@@ -41,6 +41,9 @@ FORMAT_VERSION = 1
 DATA_DIR = "data"
 SPLIT = "train"
 IMAGE_SIZE = 112
+#: Image sides a shard may hold: square, 32 (the parametric renderer's lower bound) to 1024 px.
+MIN_IMAGE_SIDE = 32
+MAX_IMAGE_SIDE = 1024
 ATTRIBUTE_NAMES = ("yaw", "pitch", "roll", "age")
 ROW_GROUP_SIZE = 256
 IMAGE_FORMATS = ("png", "jpeg")
@@ -132,7 +135,9 @@ def rows_to_table(rows: Sequence[ShardRow], embedding_dim: int | None, image_for
         "index": [int(r.index) for r in rows],
         "seed": [int(r.seed) for r in rows],
         "attributes": [
-            None if r.attributes is None else {k: float(r.attributes[k]) for k in ATTRIBUTE_NAMES}
+            None
+            if r.attributes is None
+            else {k: None if r.attributes.get(k) is None else float(r.attributes[k]) for k in ATTRIBUTE_NAMES}
             for r in rows
         ],
         "anchor_cos": [None if r.anchor_cos is None else float(r.anchor_cos) for r in rows],

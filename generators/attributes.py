@@ -23,13 +23,14 @@ and the caller says so in its log.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from facesynth.core.errors import FacesynthError
+from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.core.shard_format import ATTRIBUTE_NAMES
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "check_attributes",
     "normalize_attributes",
     "denormalize_attributes",
+    "attribute_coverage",
+    "require_attribute_coverage",
 ]
 
 NUM_ATTRIBUTES = len(ATTRIBUTE_NAMES)
@@ -131,3 +134,58 @@ def denormalize_attributes(normalized: np.ndarray | torch.Tensor) -> torch.Tenso
     center = torch.as_tensor(_CENTER, device=tensor.device)
     scale = torch.as_tensor(_SCALE, device=tensor.device)
     return tensor * scale + center
+
+
+#: Below this share of measured values, ``use_attributes=True`` training is refused (our choice: "most").
+MIN_ATTRIBUTE_COVERAGE = 0.5
+
+
+def attribute_coverage(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> dict[str, float]:
+    """Share of rows of shard datasets whose attribute is measured (not null), per attribute.
+
+    Reads only the ``attributes`` column. A dataset without that column counts as all missing.
+    """
+    import pyarrow.parquet as pq
+
+    from facesynth.core.shard_reader import dataset_files
+
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    known = dict.fromkeys(ATTRIBUTE_NAMES, 0)
+    rows = 0
+    for source in sources:
+        for file in dataset_files(source):
+            parquet = pq.ParquetFile(file)
+            rows += parquet.metadata.num_rows
+            if "attributes" not in parquet.schema_arrow.names:
+                continue
+            column = parquet.read(columns=["attributes"]).column("attributes").combine_chunks()
+            for name in ATTRIBUTE_NAMES:
+                values = column.field(name).to_numpy(zero_copy_only=False).astype(np.float64)
+                # a null struct has null fields too; pyarrow turns them into NaN here
+                valid = np.asarray(column.is_valid()) & ~np.isnan(values)
+                known[name] += int(valid.sum())
+    return {name: (known[name] / rows if rows else 0.0) for name in ATTRIBUTE_NAMES}
+
+
+def require_attribute_coverage(
+    sources: str | os.PathLike | Sequence[str | os.PathLike], min_fraction: float = MIN_ATTRIBUTE_COVERAGE
+) -> dict[str, float]:
+    """Refuse attribute-conditioned training on data whose attributes are mostly missing.
+
+    Without this check such a model is "ID3 without attributes" in disguise: the missing values are
+    filled with the neutral pose and age, so the model learns to ignore its attribute input.
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    coverage = attribute_coverage(sources)
+    missing = {name: 1.0 - share for name, share in coverage.items() if share < min_fraction}
+    if missing:
+        detail = ", ".join(f"{name} missing in {share:.0%} of rows" for name, share in missing.items())
+        raise ConfigError(
+            f"train-generator: use_attributes=True but the training data {list(map(str, sources))} lacks "
+            f"attributes ({detail}; at least {min_fraction:.0%} must be measured). Fix: re-ingest with "
+            "pose/age estimation (facesynth ingest estimates head pose from landmarks, and age with an "
+            "insightface genderage model), or train without attributes (use_attributes=false)"
+        )
+    return coverage

@@ -27,8 +27,17 @@ num_inference_steps        50               unverified
 scheduler                  saved            unverified (DDPM vs DDIM unknown)
 guidance_scale             1.0 (no CFG)     unverified (whether ID3 uses CFG is unknown)
 id_guidance (kappa)        1.0              unverified (tune on a pilot, reference note section 6)
-id_guidance_schedule       alpha_bar        ours
+id_guidance_schedule       alpha_bar        ours; ``id3_sigmoid`` ties kappa_t to the training weight
+id_guidance_every / until  1 / 1.0          ours (identity gradient on every step; fewer is faster)
+scheduler (speed)          saved            ``dpmsolver++`` / ``unipc`` at 15-25 steps: see
+                                            ``bench_id3_sampling --compare`` for the quality change
+channels_last, attention,  off, sdpa, off   speed only (``compile`` pays a compilation first)
+compile
 =========================  ===============  =====================================================
+
+With ``attributes=empirical`` the log says which attributes of the reference shards were measured
+(``AttributeSampler.describe``) and ``config()`` records the measured share of each
+(``attributes_measured``), so a dataset conditioned on neutral stand-ins says so.
 
 Ablations are plain options: ``anchors=random`` (ID3-random), ``attributes=none`` (with a model
 trained without attributes: ID3-w/o-attribute), ``id_guidance=0`` (ID3-w/o-reversed),
@@ -69,7 +78,6 @@ logger = logging.getLogger(__name__)
 
 #: Bump when a change alters what a given request produces (it is part of ``config()``).
 ID3_GENERATOR_VERSION = 1
-SCHEDULERS = ("saved", "ddpm", "ddim", "dpmsolver++")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -88,9 +96,18 @@ class ID3Options(StageConfig):
     num_inference_steps: int = Field(default=50, ge=1, le=10_000)
     guidance_scale: float = Field(default=1.0, ge=1.0, description="classifier-free guidance (1 = off)")
     id_guidance: float = Field(default=1.0, ge=0.0, description="kappa of the reversed-likelihood term")
-    id_guidance_schedule: Literal["alpha_bar", "constant"] = "alpha_bar"
+    id_guidance_schedule: Literal["alpha_bar", "constant", "id3_sigmoid"] = "alpha_bar"
     id_guidance_through_unet: bool = False
-    scheduler: Literal["saved", "ddpm", "ddim", "dpmsolver++"] = "saved"
+    id_guidance_every: int = Field(default=1, ge=1, description="identity gradient every k-th step only")
+    id_guidance_until: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="identity gradient only in this first fraction of the steps"
+    )
+    scheduler: Literal["saved", "ddpm", "ddim", "dpmsolver++", "unipc"] = Field(
+        default="saved", description="sampler; dpmsolver++ / unipc need only 15-25 steps"
+    )
+    channels_last: bool = Field(default=False, description="channels-last UNet (faster on GPUs)")
+    attention: Literal["sdpa", "math"] = "sdpa"
+    compile: bool = Field(default=False, description="torch.compile the UNet and the identity encoder")
     eta: float = Field(default=0.0, ge=0.0, le=1.0, description="DDIM eta")
     cos_lb: float = Field(default=DEFAULT_COS_BAND[0], ge=-1.0, le=1.0)
     cos_ub: float = Field(default=DEFAULT_COS_BAND[1], ge=-1.0, le=1.0)
@@ -136,21 +153,6 @@ def _pipeline_fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _swap_scheduler(pipe: Any, name: str) -> None:
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
-    if name == "saved":
-        return
-    if name == "ddpm":
-        pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    elif name == "ddim":
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    else:
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(
-            pipe.scheduler.config, algorithm_type="dpmsolver++"
-        )
-
-
 def _load_encoder(spec: str, device: Any, what: str) -> Any:
     from facesynth.recognizers.encoders import load_encoder
 
@@ -180,7 +182,7 @@ class ID3Generator(FaceGenerator):
         # diffusers keeps in float32 stay there
         dtype_kwargs = {} if opts.dtype == "float32" else {"torch_dtype": DTYPES[opts.dtype]}
         self.pipe = ID3Pipeline.from_pretrained(folder, **dtype_kwargs)
-        _swap_scheduler(self.pipe, opts.scheduler)
+        self.pipe.use_scheduler(opts.scheduler)
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self._fingerprint = _pipeline_fingerprint(folder)
@@ -203,6 +205,13 @@ class ID3Generator(FaceGenerator):
             )
         if self.identity_encoder is not None:
             self._check_encoder_width(self.identity_encoder, spec)
+        self.pipe.set_identity_encoder(self.identity_encoder if opts.id_guidance > 0 else None)
+        self.pipe.optimize(
+            channels_last=opts.channels_last,
+            attention=opts.attention,
+            compile_unet=opts.compile,
+            compile_encoder=opts.compile,
+        )
         self.eval_encoder_spec = opts.eval_encoder or spec
         if opts.eval_encoder:
             self.eval_encoder = _load_encoder(opts.eval_encoder, self.device, "evaluation encoder")
@@ -211,6 +220,8 @@ class ID3Generator(FaceGenerator):
             self.eval_encoder = self.identity_encoder
 
         attributes = load_attribute_sampler(opts.attributes, opts.reference or None)
+        if attributes is not None and self.uses_attributes:
+            logger.info("%s", attributes.describe())
         if attributes is not None and not self.uses_attributes:
             logger.warning("the ID3 model takes no attributes: attributes=%r is ignored", opts.attributes)
             attributes = None
@@ -254,6 +265,7 @@ class ID3Generator(FaceGenerator):
             "eval_encoder": self.eval_encoder_spec,
             "anchors_sha256": self._anchor_digest,
             "attribute_source": None if self.plan.attributes is None else self.plan.attributes.source,
+            "attributes_measured": None if self.plan.attributes is None else self.plan.attributes.measured,
             **{
                 k: v
                 for k, v in self.options.to_json_dict().items()
@@ -282,7 +294,9 @@ class ID3Generator(FaceGenerator):
             id_guidance=opts.id_guidance,
             id_guidance_schedule=opts.id_guidance_schedule,
             id_guidance_through_unet=opts.id_guidance_through_unet,
-            identity_encoder=self.identity_encoder,
+            id_guidance_every=opts.id_guidance_every,
+            id_guidance_until=opts.id_guidance_until,
+            identity_encoder=self.pipe.identity_encoder if opts.id_guidance > 0 else None,
             generator=generators,
             eta=opts.eta,
             output_type="pt",

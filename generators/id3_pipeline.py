@@ -16,6 +16,20 @@ ONNX...), so it is passed at call time (``identity_encoder=``) or attached once 
 sampling (``id_guidance=0``); ``identity_encoder_spec`` in ``model_index.json`` records, for
 information, which encoder the model was trained against (free text given by the trainer).
 
+Speed options (issue 17; defaults keep the plain, exact behaviour):
+
+* :meth:`ID3Pipeline.use_scheduler`: ``"ddim"``, ``"ddpm"``, ``"dpmsolver++"`` (DPM-Solver++ 2M, good at
+  15-25 steps), ``"unipc"`` (UniPC, 15-25 steps) or ``"saved"``; built from the saved scheduler's
+  config so the noise schedule is the trained one.
+* :meth:`ID3Pipeline.optimize`: ``channels_last`` memory format (faster convolutions on GPUs),
+  ``attention`` ``"sdpa"`` (torch's fused scaled-dot-product attention; diffusers' default on torch 2)
+  or ``"math"`` (the plain reference processor), ``compile_unet`` / ``compile_encoder``
+  (``torch.compile`` of the UNet and of the identity encoder; off by default: the first call pays the
+  compilation, worth it only for long runs on a GPU).
+* ``id_guidance_every`` / ``id_guidance_until`` (call arguments): take the identity gradient only every
+  k-th step and/or only in the first part of the schedule
+  (:func:`~facesynth.generators.id3_sampling.guidance_active`).
+
 Inputs: unit-norm identity embeddings (B, D) and attributes (B, 4) in physical units (yaw, pitch,
 roll in degrees, age in years; see :mod:`facesynth.generators.attributes`); ``None`` attributes mean
 the neutral values. Bad input raises :class:`~facesynth.core.errors.FacesynthError`.
@@ -40,9 +54,28 @@ from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.generators.attributes import attributes_to_array, normalize_attributes
 from facesynth.generators.id3_condition_encoder import ID3ConditionEncoder
 from facesynth.generators.id3_loss import embed_for_identity, require_differentiable
-from facesynth.generators.id3_sampling import KAPPA_SCHEDULES, adjusted_noise, kappa_at
+from facesynth.generators.id3_sampling import KAPPA_SCHEDULES, adjusted_noise, guidance_active, kappa_at
+from facesynth.recognizers.encoders import resolve_encoder_spec
 
 CONDITION_ENCODER_ENTRY = ["facesynth.generators.id3_condition_encoder", "ID3ConditionEncoder"]
+#: scheduler names accepted by :meth:`ID3Pipeline.use_scheduler` (and the generator's ``scheduler``)
+SCHEDULER_NAMES: tuple[str, ...] = ("saved", "ddpm", "ddim", "dpmsolver++", "unipc")
+ATTENTION_NAMES: tuple[str, ...] = ("sdpa", "math")
+
+
+def scheduler_from_config(name: str, config: Any) -> Any:
+    """A diffusers scheduler named ``name`` built from a saved scheduler ``config`` (same noise schedule)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    if name == "ddpm":
+        return DDPMScheduler.from_config(config)
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    if name == "unipc":
+        return UniPCMultistepScheduler.from_config(config, solver_order=2)
+    raise ConfigError(f"scheduler: unknown name {name!r}; choose one of {SCHEDULER_NAMES}")
 
 
 @dataclass
@@ -75,6 +108,8 @@ class ID3Pipeline(DiffusionPipeline):
     ) -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, condition_encoder=condition_encoder, vae=vae)
+        if identity_encoder_spec is not None:  # absolute, so the folder works from any directory
+            identity_encoder_spec = resolve_encoder_spec(identity_encoder_spec)
         self.register_to_config(identity_encoder_spec=identity_encoder_spec)
         if unet.config.cross_attention_dim != condition_encoder.config.cross_attention_dim:
             raise ConfigError(
@@ -108,6 +143,36 @@ class ID3Pipeline(DiffusionPipeline):
         if encoder is not None:
             require_differentiable(encoder, "ID-preserving guidance")
         self.identity_encoder = encoder
+
+    def use_scheduler(self, name: str) -> None:
+        """Swap the sampler (see :data:`SCHEDULER_NAMES`); ``"saved"`` keeps the current one."""
+        if name != "saved":
+            self.scheduler = scheduler_from_config(name, self.scheduler.config)
+
+    def optimize(
+        self,
+        *,
+        channels_last: bool = False,
+        attention: str = "sdpa",
+        compile_unet: bool = False,
+        compile_encoder: bool = False,
+    ) -> None:
+        """Speed options of the module docstring; results equal the plain pipeline's up to float rounding."""
+        if attention not in ATTENTION_NAMES:
+            raise ConfigError(f"attention: unknown name {attention!r}; choose one of {ATTENTION_NAMES}")
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        self.unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if compile_unet:
+            self.unet = torch.compile(self.unet)
+        if compile_encoder and self.identity_encoder is not None:
+            model = getattr(self.identity_encoder, "model", None)
+            if isinstance(model, torch.nn.Module):
+                self.identity_encoder.model = torch.compile(model)
+            else:
+                self.identity_encoder = torch.compile(self.identity_encoder)
 
     @property
     def image_size(self) -> int:
@@ -166,6 +231,8 @@ class ID3Pipeline(DiffusionPipeline):
         id_guidance: float = 0.0,
         id_guidance_schedule: str = "alpha_bar",
         id_guidance_through_unet: bool = False,
+        id_guidance_every: int = 1,
+        id_guidance_until: float = 1.0,
         identity_encoder: Any | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -182,8 +249,11 @@ class ID3Pipeline(DiffusionPipeline):
             guidance_scale: classifier-free guidance weight on (y, s) (1 = off; needs a model trained
                 with condition dropout to be meaningful).
             id_guidance: kappa of the reversed-likelihood term (0 = plain conditional sampling).
-            id_guidance_schedule: "alpha_bar" (kappa_t = kappa * abar_t, default) or "constant".
+            id_guidance_schedule: "alpha_bar" (kappa_t = kappa * abar_t, default), "constant" or
+                "id3_sigmoid" (kappa * 0.5 * (1 - sigmoid(t / T)), the training weight of the identity term).
             id_guidance_through_unet: differentiate x0_hat through the UNet (exact, slower) or not.
+            id_guidance_every: take the identity gradient only every k-th step (1 = every step).
+            id_guidance_until: take it only in the first fraction of the steps (1.0 = all).
             identity_encoder: frozen differentiable identity encoder (overrides the attached one).
             generator: one CPU generator, or one per sample for batch-independent results.
             latents: initial noise (B, C, S, S) instead of drawing it.
@@ -207,6 +277,7 @@ class ID3Pipeline(DiffusionPipeline):
                     "pipe.set_identity_encoder(...)"
                 )
             require_differentiable(encoder, "ID-preserving guidance")
+        guidance_active(0, 1, id_guidance_every, id_guidance_until)  # validates both options
         device = self._execution_device
         dtype = self.unet.dtype
         y = torch.as_tensor(identity_embeddings, dtype=torch.float32).to(device)
@@ -237,9 +308,17 @@ class ID3Pipeline(DiffusionPipeline):
         step_kwargs = self._step_kwargs(generator, eta)
 
         # alpha_bar per step read once on the CPU: no device sync inside the loop
-        step_alpha_bars = [float(alphas_cumprod[i]) for i in self.scheduler.timesteps.cpu().long().tolist()]
-        for t, abar in zip(self.progress_bar(self.scheduler.timesteps), step_alpha_bars, strict=True):
+        step_timesteps = self.scheduler.timesteps.cpu().long().tolist()
+        step_alpha_bars = [float(alphas_cumprod[i]) for i in step_timesteps]
+        num_train = int(self.scheduler.config.num_train_timesteps)
+        num_steps = len(step_timesteps)
+        for i, (t, abar) in enumerate(
+            zip(self.progress_bar(self.scheduler.timesteps), step_alpha_bars, strict=True)
+        ):
             model_input = self.scheduler.scale_model_input(latents, t)
+            kappa_t = 0.0
+            if id_guidance > 0 and guidance_active(i, num_steps, id_guidance_every, id_guidance_until):
+                kappa_t = kappa_at(id_guidance_schedule, id_guidance, abar, step_timesteps[i], num_train)
             noise, _ = adjusted_noise(
                 unet=self.unet,
                 sample=model_input,
@@ -248,7 +327,7 @@ class ID3Pipeline(DiffusionPipeline):
                 cond_tokens=cond,
                 null_tokens=null,
                 guidance_scale=guidance_scale,
-                kappa_t=kappa_at(id_guidance_schedule, id_guidance, abar),
+                kappa_t=kappa_t,
                 identity_encoder=encoder,
                 identity_embeddings=y,
                 through_unet=id_guidance_through_unet,

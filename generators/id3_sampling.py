@@ -15,13 +15,23 @@ so DDPM, DDIM and DPM-Solver++ all work unchanged. Options (all unverified in th
   ``grad_{x_t} = grad_{x0_hat} / sqrt(abar_t)``).
 * kappa schedule: ``alpha_bar`` (default) uses ``kappa_t = kappa * abar_t``, which makes the change of
   x0_hat per step ``kappa * (1 - abar_t) * grad_{x0_hat}`` (bounded; vanishes as the image gets clean),
-  ``constant`` uses ``kappa_t = kappa`` (the raw classifier-guidance weight; large at high noise).
+  ``constant`` uses ``kappa_t = kappa`` (the raw classifier-guidance weight; large at high noise),
+  ``id3_sigmoid`` uses ``kappa_t = kappa * 0.5 * (1 - sigmoid(t / T))``, the very coefficient of the
+  identity term in training (:func:`facesynth.generators.id3_loss.timestep_weight`, ``id3_sigmoid``):
+  ID3's theorem pairs the sampler's reversed-likelihood weight with that training weight, so with
+  ``kappa = lambda_id`` the sampler follows the adjusted score the loss was trained for. It falls from
+  0.25 at t = 0 to 0.13 at t = T (nearly flat, unlike ``alpha_bar``).
+* where the identity gradient is taken (it costs an encoder forward + backward per step, 2-3x a plain
+  step): ``every`` k-th step only, and/or only during the first ``until`` fraction of the steps (the
+  high-noise part, where the identity is decided); see :func:`guidance_active`. Skipped steps are plain
+  conditional steps; kappa is not rescaled on the others.
 
 ``kappa = 0`` is plain conditional sampling (no encoder call at all).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -30,16 +40,41 @@ import torch
 from facesynth.core.errors import FacesynthError
 from facesynth.generators.id3_loss import embed_for_identity
 
-KAPPA_SCHEDULES: tuple[str, ...] = ("alpha_bar", "constant")
+KAPPA_SCHEDULES: tuple[str, ...] = ("alpha_bar", "constant", "id3_sigmoid")
 
 
-def kappa_at(schedule: str, kappa: float, alpha_bar: float) -> float:
-    """The guidance weight kappa_t at a step with cumulative alpha ``alpha_bar``."""
+def kappa_at(
+    schedule: str,
+    kappa: float,
+    alpha_bar: float,
+    timestep: float | None = None,
+    num_train_timesteps: int | None = None,
+) -> float:
+    """The guidance weight kappa_t at a step (``id3_sigmoid`` needs the timestep t and T)."""
     if schedule == "alpha_bar":
         return kappa * alpha_bar
     if schedule == "constant":
         return kappa
+    if schedule == "id3_sigmoid":
+        if timestep is None or not num_train_timesteps:
+            raise FacesynthError(
+                "id_guidance_schedule 'id3_sigmoid' needs the timestep and num_train_timesteps"
+            )
+        return kappa * 0.5 * (1.0 - 1.0 / (1.0 + math.exp(-float(timestep) / num_train_timesteps)))
     raise FacesynthError(f"id_guidance_schedule: unknown name {schedule!r}; choose one of {KAPPA_SCHEDULES}")
+
+
+def guidance_active(step_index: int, num_steps: int, every: int = 1, until: float = 1.0) -> bool:
+    """Whether step ``step_index`` (0 = the noisiest) takes the identity gradient.
+
+    ``every``: only every k-th step (0, k, 2k, ...); ``until``: only steps with
+    ``step_index < until * num_steps`` (1.0 = all steps, 0.5 = the first, high-noise half).
+    """
+    if every < 1:
+        raise FacesynthError(f"id_guidance_every must be >= 1, got {every}")
+    if not 0.0 <= until <= 1.0:
+        raise FacesynthError(f"id_guidance_until must be in [0, 1], got {until}")
+    return step_index % every == 0 and step_index < until * num_steps
 
 
 def conditional_noise(

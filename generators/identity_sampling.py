@@ -131,32 +131,71 @@ def cosine_band_embeddings(
 
 @dataclass
 class AttributeSampler:
-    """Resamples whole rows of an empirical (K, 4) attribute table (yaw, pitch, roll, age)."""
+    """Resamples whole rows of an empirical (K, 4) attribute table (yaw, pitch, roll, age).
+
+    ``measured`` says, per attribute, which fraction of the table's values were real measurements;
+    the rest were missing in the source and hold the neutral value (see :meth:`describe`).
+    """
 
     table: np.ndarray
     source: str
+    measured: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         self.table = attribute_table(self.table, name=f"attributes from {self.source}")
+        if self.measured is None:
+            self.measured = dict.fromkeys(ATTRIBUTE_NAMES, 1.0)
 
     def sample(self, rng: np.random.Generator) -> dict[str, float]:
         return attributes_to_mapping(self.table[int(rng.integers(self.table.shape[0]))])
 
+    @property
+    def real_attributes(self) -> list[str]:
+        """Attributes measured in at least half of the table's rows (the others are mostly neutral)."""
+        return [name for name in ATTRIBUTE_NAMES if (self.measured or {}).get(name, 0.0) >= 0.5]
+
+    def describe(self) -> str:
+        """One line for logs and reports: which attributes are real and how much was filled."""
+        parts = []
+        for name in ATTRIBUTE_NAMES:
+            share = (self.measured or {}).get(name, 0.0)
+            if share >= 1.0:
+                parts.append(f"{name} real")
+            elif share <= 0.0:
+                parts.append(f"{name} neutral ({NEUTRAL_ATTRIBUTES[name]:g}, not measured)")
+            else:
+                parts.append(f"{name} real in {share:.0%} of rows, else neutral {NEUTRAL_ATTRIBUTES[name]:g}")
+        return f"attributes from {self.source}: " + "; ".join(parts)
+
     @classmethod
     def neutral(cls) -> AttributeSampler:
-        return cls(np.array([[NEUTRAL_ATTRIBUTES[k] for k in ATTRIBUTE_NAMES]]), "neutral default")
+        return cls(
+            np.array([[NEUTRAL_ATTRIBUTES[k] for k in ATTRIBUTE_NAMES]]),
+            "neutral default",
+            dict.fromkeys(ATTRIBUTE_NAMES, 0.0),
+        )
 
     @classmethod
     def from_shards(cls, sources: str | os.PathLike | Sequence[str | os.PathLike]) -> AttributeSampler:
-        """The non-null ``attributes`` of v1 shard folders/files (no images are read)."""
+        """The ``attributes`` of v1 shard folders/files (no images are read).
+
+        Rows whose attributes are entirely null are skipped; a null field inside a row (e.g. pose
+        measured, age unknown) takes the neutral value and counts as not measured.
+        """
         from facesynth.core.shard_reader import read_columns
 
         column = read_columns(sources, ["attributes"]).column("attributes").combine_chunks()
         valid = column.filter(column.is_valid())
         if len(valid) == 0:
             raise FacesynthError(f"{sources}: the reference shards have no attributes to sample from")
-        table = np.stack([valid.field(k).to_numpy(zero_copy_only=False) for k in ATTRIBUTE_NAMES], axis=1)
-        return cls(table, f"shards {sources}")
+        columns, measured = [], {}
+        for name in ATTRIBUTE_NAMES:
+            field = valid.field(name)
+            values = field.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls become NaN
+            known = ~np.isnan(values)
+            measured[name] = float(known.mean())
+            columns.append(np.where(known, values, NEUTRAL_ATTRIBUTES[name]))
+        return cls(np.stack(columns, axis=1), f"shards {sources}", measured)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> AttributeSampler:

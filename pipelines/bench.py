@@ -1,198 +1,117 @@
-"""The ``bench`` stage: several models on several verification benchmarks -> one table.
+"""The ``bench`` stage: verification accuracy and TAR@FAR of an encoder on benchmark files.
 
-Synthetic-face papers report LFW, CFP-FP, AgeDB-30, CALFW and CPLFW and their average; ``bin_dir``
-picks up those ``.bin`` files from a folder (the ones present), explicit ``benchmarks`` add any
-other ``.bin`` file or pairs folder. A model is an encoder spec (``torch:RUN``, ``onnx:FILE``, ...)
-or a trained run folder; a run folder holding a privacy method is evaluated through its protected
-path (protect -> recognize, mean over query seeds, :func:`facesynth.privacy.evaluation.bench_privacy`).
-
-Writes ``OUT/<model>/bench.json`` (+ ``bench.md``, ``roc.png``) per model, which a model card reads,
-and ``OUT/table.json`` / ``OUT/table.md`` / ``OUT/roc.png`` across all models.
+One config (:class:`BenchConfig`) and one function (:func:`run_bench`) used by ``facesynth bench``
+and the runner. Protocol as arcface_torch's: flip-TTA embedding sum, L2 norm, 10-fold threshold
+search, plus TAR@FAR from the ROC (``recognizers/verification.py``).
 """
 
 from __future__ import annotations
 
-import json
-import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
-from facesynth.core.atomic_io import atomic_write, write_json_atomic
 from facesynth.core.config import StageConfig
 from facesynth.core.errors import FacesynthError
-
-FIVE_BENCHMARKS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
+from facesynth.recognizers.benchmark_files import STANDARD_BENCHMARKS
 
 
 class BenchConfig(StageConfig):
-    """Settings of the ``bench`` stage."""
+    """Settings of ``facesynth bench``."""
 
-    models: list[str] = Field(min_length=1, description="encoder specs (torch:RUN, onnx:FILE) or run folders")
-    benchmarks: list[str] = Field(default_factory=list, description=".bin files or folders with pairs.txt")
-    bin_dir: str | None = Field(
-        default=None, description="folder holding lfw.bin, cfp_fp.bin, ... (those present)"
+    benchmarks: list[Path] = Field(
+        default_factory=list, description=".bin files or folders with an LFW-format pairs.txt"
     )
+    model: str = Field(
+        description="encoder spec: torch:RUN_OR_WEIGHTS, onnx:MODEL.onnx, insightface:..., dlib"
+    )
+    bin_dir: Path | None = Field(default=None, description="folder holding <name>.bin benchmarks")
     names: list[str] = Field(
-        default_factory=lambda: list(FIVE_BENCHMARKS), description="names looked for in bin_dir"
+        default_factory=lambda: list(STANDARD_BENCHMARKS), description="benchmark names looked for in bin_dir"
     )
-    out: str = Field(description="report folder")
-    batch_size: int = Field(default=64, gt=0)
-    flip: bool = True
-    device: str | None = None
-    privacy_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    out: Path = Field(description="report folder (bench.json, bench.md, roc.png)")
+    batch_size: int = Field(default=64, ge=1, description="images per encoder call")
+    flip: bool = Field(default=True, description="add the mirrored image's embedding (flip TTA)")
+    device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda, cuda:K")
+    aligner: str | None = Field(
+        default=None, description="align unaligned pair images first: dlib or insightface:PATH"
+    )
+    no_face: Literal["error", "center"] = Field(
+        default="error",
+        description="with an aligner, a photo without a face stops the run (error) or is centre-cropped (center)",
+    )
+    method: str = Field(
+        default="plain",
+        description="the model's recognition method: plain, or a trained privacy method (dctdp, ..., or auto) "
+        "evaluated through protect -> recognize, mean +- std over seeds",
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1, description="query seeds (privacy)"
+    )
+    progress: bool = Field(default=True, description="show progress bars")
 
 
-def model_label(spec: str) -> str:
-    """A short, file-safe name for a model spec (the run folder's name)."""
-    path = spec.split(":", 1)[1] if re.match(r"^[a-z]+:", spec) and not Path(spec).exists() else spec
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).name or path) or "model"
-
-
-def _privacy_method_name(spec: str) -> str | None:
-    """The method name when ``spec`` is a run folder holding a privacy method, else None."""
-    folder = Path(spec[len("torch:") :] if spec.startswith("torch:") else spec)
-    config = folder / "method_config.json"
-    if not config.is_file():
-        return None
-    method = json.loads(config.read_text(encoding="utf-8")).get("method", "plain")
-    return None if method == "plain" else str(method)
+@dataclass
+class BenchResult:
+    results: list[dict[str, Any]]
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 def benchmark_paths(config: BenchConfig) -> list[Path]:
+    """The benchmark files of ``config``: those listed, then those found in ``bin_dir``."""
     from facesynth.recognizers.benchmark_files import find_benchmarks
 
-    paths = [Path(p) for p in config.benchmarks]
+    paths = list(config.benchmarks)
     if config.bin_dir is not None:
-        if not Path(config.bin_dir).is_dir():
-            raise FacesynthError(f"bench: bin_dir {config.bin_dir}: folder not found")
+        if not config.bin_dir.is_dir():
+            raise FacesynthError(f"{config.bin_dir}: --bin-dir folder not found")
         found = find_benchmarks(config.bin_dir, config.names)
         if not found:
-            raise FacesynthError(f"bench: bin_dir {config.bin_dir}: none of {config.names} .bin files found")
+            raise FacesynthError(f"{config.bin_dir}: none of {', '.join(config.names)} .bin files found")
         paths += found
     if not paths:
-        raise FacesynthError("bench: no benchmarks (give benchmarks or bin_dir)")
+        raise FacesynthError("no benchmarks given (pass .bin files / pairs folders or --bin-dir)")
     return paths
 
 
-def _row(result: dict[str, Any], accuracy_std: float | None = None) -> dict[str, Any]:
-    tars = {far: e["tar"] for far, e in result["tar_at_far"].items()}
-    return {
-        "accuracy": float(result["accuracy"]),
-        "accuracy_std": float(result["accuracy_std"] if accuracy_std is None else accuracy_std),
-        "tar_at_far": tars,
-        "auc": float(result["auc"]),
-        "num_pairs": int(result["num_pairs"]),
-    }
-
-
-def run_bench(config: BenchConfig, show_progress: bool = False) -> dict[str, Any]:
-    """Evaluate every model on every benchmark; write the per-model and combined reports."""
+def run_bench(config: BenchConfig) -> BenchResult:
+    """Evaluate ``config.model`` on every benchmark and write the report into ``config.out``."""
     from facesynth.recognizers.benchmark_files import load_verification_set
-    from facesynth.recognizers.encoders import load_encoder
-    from facesynth.recognizers.verification import evaluate_benchmark, plot_roc, write_report
+    from facesynth.recognizers.verification import evaluate_benchmark, write_report
 
-    out = Path(config.out)
     benchmarks = [load_verification_set(p) for p in benchmark_paths(config)]
-    table: dict[str, dict[str, Any]] = {}
-    curves: list[dict[str, Any]] = []
-    for spec in config.models:
-        label = model_label(spec)
-        if label in table:
-            raise FacesynthError(f"bench: two models are both called {label!r}; rename one run folder")
-        method = _privacy_method_name(spec)
-        rows: dict[str, Any] = {}
-        if method is not None:
-            from facesynth.privacy.evaluation import bench_privacy
+    device = None if config.device == "auto" else config.device
+    if config.aligner:
+        from facesynth.recognizers.alignment import build_aligner
 
-            report = bench_privacy(
-                spec,
-                benchmarks,
-                out / label,
-                method,
-                config.privacy_seeds,
-                config.batch_size,
-                config.flip,
-                config.device,
-                show_progress,
-            )["report"]
-            first_seed = report["runs"][str(report["seeds"][0])]
-            for summary, run in zip(report["summary"], first_seed, strict=True):
-                rows[summary["name"]] = {
-                    **_row(run),
-                    "accuracy": summary["accuracy"]["mean"],
-                    "accuracy_std": summary["accuracy"]["std"],
-                    "tar_at_far": {f: e["mean"] for f, e in summary["tar_at_far"].items()},
-                    "auc": summary["auc"]["mean"],
-                }
-                curves.append({**run, "name": f"{label} {run['name']}"})
-            # the card reads OUT/<model>/bench.json: same shape as a plain model's
-            write_json_atomic(
-                out / label / "bench.json",
-                {"model": spec, "method": method, "benchmarks": [{"name": k, **v} for k, v in rows.items()]},
-            )
-        else:
-            encoder = load_encoder(spec if ":" in spec else f"torch:{spec}", device=config.device)
-            results = [
-                evaluate_benchmark(
-                    encoder, b, batch_size=config.batch_size, flip=config.flip, show_progress=show_progress
-                )
-                for b in benchmarks
-            ]
-            write_report(results, out / label, model=spec, extra={"flip": config.flip})
-            for result in results:
-                rows[result["name"]] = _row(result)
-                curves.append({**result, "name": f"{label} {result['name']}"})
-        if len(rows) > 1:
-            rows["average"] = {
-                "accuracy": sum(r["accuracy"] for r in rows.values()) / len(rows),
-                "accuracy_std": sum(r["accuracy_std"] for r in rows.values()) / len(rows),
-            }
-        table[label] = {"spec": spec, "method": method or "plain", "benchmarks": rows}
-    data = {"models": table, "benchmarks": [b.name for b in benchmarks]}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "table.json", data)
-    with atomic_write(out / "table.md", "w") as handle:
-        handle.write(table_markdown(data) + "\n")
-    plot_roc(curves, out / "roc.png", title="ROC")
-    return data
+        aligner = build_aligner(config.aligner, device=device)
+        for benchmark in benchmarks:
+            benchmark.aligner, benchmark.no_face = aligner, config.no_face
+    if config.method != "plain":
+        from facesynth.privacy.evaluation import bench_privacy
 
+        files = bench_privacy(
+            config.model,
+            benchmarks,
+            config.out,
+            None if config.method == "auto" else config.method,
+            config.seeds,
+            config.batch_size,
+            config.flip,
+            device,
+            config.progress,
+        )
+        return BenchResult([], files)
+    from facesynth.recognizers.encoders import load_encoder
 
-def table_markdown(data: dict[str, Any]) -> str:
-    """Models as rows, benchmarks (and their average) as columns: accuracy in %."""
-    names = list(data["benchmarks"])
-    if len(names) > 1:
-        names.append("average")
-    lines = [
-        "| model | method | " + " | ".join(names) + " |",
-        "|---|---|" + "---|" * len(names),
+    encoder = load_encoder(config.model, device=device)
+    results = [
+        evaluate_benchmark(
+            encoder, b, batch_size=config.batch_size, flip=config.flip, show_progress=config.progress
+        )
+        for b in benchmarks
     ]
-    for label, entry in data["models"].items():
-        cells = []
-        for name in names:
-            row = entry["benchmarks"].get(name)
-            cells.append(
-                "-" if row is None else f"{100 * row['accuracy']:.2f} +- {100 * row['accuracy_std']:.2f}"
-            )
-        lines.append(f"| {label} | {entry['method']} | " + " | ".join(cells) + " |")
-    fars = sorted(
-        {
-            f
-            for e in data["models"].values()
-            for r in e["benchmarks"].values()
-            for f in r.get("tar_at_far", {})
-        }
-    )
-    if fars:
-        lines += [
-            "",
-            "| model | benchmark | " + " | ".join(f"TAR@FAR={f} (%)" for f in fars) + " | AUC |",
-            "|---|---|" + "---|" * (len(fars) + 1),
-        ]
-        for label, entry in data["models"].items():
-            for name, row in entry["benchmarks"].items():
-                if "tar_at_far" in row:
-                    tars = " | ".join(f"{100 * row['tar_at_far'].get(f, float('nan')):.2f}" for f in fars)
-                    lines.append(f"| {label} | {name} | {tars} | {row['auc']:.4f} |")
-    return "\n".join(lines)
+    files = write_report(results, config.out, model=config.model, extra={"flip": config.flip})
+    return BenchResult(results, files)

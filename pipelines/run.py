@@ -56,9 +56,13 @@ class RunConfig(StageConfig):
 
 
 def recipe_names() -> list[str]:
-    """The recipes shipped with the package."""
+    """The run recipes shipped with the package (``configs/*.yaml`` with a ``stages`` section)."""
     folder = resources.files("facesynth.pipelines").joinpath("configs")
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[: -len(".yaml")]
+        for p in folder.iterdir()
+        if p.name.endswith(".yaml") and any(line.startswith("stages:") for line in p.read_text().splitlines())
+    )
 
 
 def builtin_config(name: str = "demo") -> dict[str, Any]:

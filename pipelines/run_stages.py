@@ -117,9 +117,9 @@ def _subset(config: Any, ctx: RunContext) -> dict[str, Any]:
 
 
 def _bench(config: Any, ctx: RunContext) -> dict[str, Any]:
-    from facesynth.pipelines.bench import run_bench
+    from facesynth.pipelines.bench_suite import run_bench_suite
 
-    data = run_bench(config, show_progress=ctx.show_progress)
+    data = run_bench_suite(config, show_progress=ctx.show_progress)
     summary = {}
     for label, entry in data["models"].items():
         rows = entry["benchmarks"]
@@ -295,7 +295,7 @@ STAGE_KINDS: dict[str, StageKind] = {
         StageKind(
             "bench",
             "bench",
-            _lazy("facesynth.pipelines.bench", "BenchConfig"),
+            _lazy("facesynth.pipelines.bench_suite", "BenchSuiteConfig"),
             {
                 "models": InputSlot("models", MODEL_LIKE, many=True),
                 "benchmarks": InputSlot("benchmarks", (BENCHMARK,), many=True),

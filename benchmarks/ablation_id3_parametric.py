@@ -1,0 +1,399 @@
+"""ID3's ablation table on parametric faces (issue 14.1): every row trains a recognizer on its own data.
+
+A testbed where ID3 can succeed: the parametric renderer gives unlimited labelled identities, so ID3
+trains on thousands of identities (set T), its identity encoder **A** on a disjoint set, and an
+independent evaluation encoder **B** on a third; downstream recognizers are verified on a fourth
+(unseen) set E. Per seed:
+
+1. ID3 models on T (same budget): ``full`` (identity loss), ``no_id_loss`` (``lambda_id = 0``) and
+   ``no_attributes`` (``use_attributes = false``);
+2. one dataset per row with ``facesynth generate --generator id3`` (identities x images of the
+   recipe), rows as in the paper's ablations:
+
+   ===================  ==========================================================================
+   full                 full model, Tammes anchors, band [0.7, 0.9], empirical attributes, kappa
+   no_id_loss           model trained without the identity term, sampled like ``full``
+   kappa_0              full model, kappa = 0 (no reversed-likelihood score)
+   random_anchors       anchors drawn at random instead of a Tammes packing
+   band_0.5_0.7         intra-class cosine band [0.5, 0.7] instead of [0.7, 0.9]
+   no_attributes        model without attribute input, ``attributes=none``
+   renderer             parametric renders at the same identities x images (the reference)
+   ===================  ==========================================================================
+
+3. columns: ``genuine`` / ``impostor`` mean cosine under B between images of the same / different
+   identities of the row's dataset; ``attr_spread``: mean intra-class std of the *requested* yaw
+   (degrees; the realised pose of generated faces is not measured); ``accuracy`` (10-fold) and
+   ``tar@far=1e-3`` of a recognizer trained on the row's data, verified on unseen rendered identities E.
+
+Results: OUT/ablation.json, OUT/ablation.md (mean +- std over seeds). The ``full`` recipe takes hours on
+a CPU: do not start it on a shared machine; ``--smoke`` checks every stage in about a minute and
+prints the time the full recipe is expected to take, scaled from the smoke run's stage times.
+
+    python -m facesynth.benchmarks.ablation_id3_parametric --smoke --out runs/ablation-smoke
+    python -m facesynth.benchmarks.ablation_id3_parametric --recipe full --out runs/ablation   # hours
+    python -m facesynth.benchmarks.ablation_id3_parametric --recipe gpu64 --out runs/ablation-gpu  # one GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from facesynth.benchmarks.experiment_id3_parametric import (
+    embed,
+    load_rows,
+    render,
+    train_fr,
+    write_conditioned,
+)
+
+logger = logging.getLogger("facesynth.ablation_id3")
+
+#: recipe: rendered sets (identities, images, seed), steps, sizes, generated-dataset shape
+RECIPES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "sets": {"enc_a": (8, 4, 101), "enc_b": (8, 4, 202), "id3_train": (12, 4, 303), "test": (8, 4, 505)},
+        "encoder_steps": 5,
+        "id3_steps": 4,
+        "fr_steps": 5,
+        "generated": (8, 5),
+        "image_size": 16,
+        "unet_preset": "tiny",
+        "fr_input_size": 32,
+        "sample_steps": 4,
+        "kappa": 30.0,
+        "seeds": [0],
+    },
+    "full": {
+        # >= 2,000 identities for ID3 (issue 14.1); 32 px pixel space, small UNet
+        "sets": {
+            "enc_a": (500, 12, 101),
+            "enc_b": (500, 12, 202),
+            "id3_train": (2000, 6, 303),
+            "test": (200, 6, 505),
+        },
+        "encoder_steps": 2000,
+        "id3_steps": 20000,
+        "fr_steps": 1500,
+        "generated": (300, 10),
+        "image_size": 32,
+        "unet_preset": "small",
+        "fr_input_size": 56,
+        "sample_steps": 20,
+        "kappa": 30.0,
+        "seeds": [0, 1, 2],
+    },
+    "gpu64": {
+        # one lent GPU (issue 14.5): 64x64, bf16, about 8 minutes of ID3 training per model (H100-class)
+        "sets": {
+            "enc_a": (1000, 10, 101),
+            "enc_b": (1000, 10, 202),
+            "id3_train": (4000, 8, 303),
+            "test": (300, 6, 505),
+        },
+        "encoder_steps": 1500,
+        "id3_steps": 2500,
+        "fr_steps": 1500,
+        "generated": (500, 10),
+        "image_size": 64,
+        "unet_preset": "small",
+        "fr_input_size": 112,
+        "sample_steps": 20,
+        "scheduler": "dpmsolver++",
+        "kappa": 30.0,
+        "batch_size": 64,
+        "mixed_precision": "bf16",
+        "dtype": "bfloat16",
+        "seeds": [0],
+    },
+}
+ROWS = ("full", "no_id_loss", "kappa_0", "random_anchors", "band_0.5_0.7", "no_attributes", "renderer")
+#: row -> (ID3 model, generator options over the full row's)
+ROW_SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "full": ("full", {}),
+    "no_id_loss": ("no_id_loss", {}),
+    "kappa_0": ("full", {"id_guidance": 0.0}),
+    "random_anchors": ("full", {"anchors": "random"}),
+    "band_0.5_0.7": ("full", {"cos_lb": 0.5, "cos_ub": 0.7}),
+    "no_attributes": ("no_attributes", {"attributes": "none"}),
+}
+MODELS = {"full": {}, "no_id_loss": {"loss": {"lambda_id": 0.0}}, "no_attributes": {"use_attributes": False}}
+
+
+def train_model(
+    data: Path, out: Path, encoder_dir: Path, recipe: dict[str, Any], seed: int, **changes: Any
+) -> Path:
+    """One ID3 model on T with encoder A (``changes`` = the ablated config fields)."""
+    from facesynth.generators.id3_trainer import ID3TrainConfig, train_id3
+
+    steps = recipe["id3_steps"]
+    settings: dict[str, Any] = dict(
+        data=[str(data)],
+        output_dir=str(out),
+        image_size=recipe["image_size"],
+        unet_preset=recipe["unet_preset"],
+        hidden_dims=(256, 256),
+        cross_attention_dim=256,
+        identity_encoder=f"torch:{encoder_dir}",
+        batch_size=recipe.get("batch_size", 16),
+        mixed_precision=recipe.get("mixed_precision", "no"),
+        lr=3e-4,
+        lr_warmup_steps=min(500, steps // 10),
+        max_steps=steps,
+        ema_decay=0.999 if steps >= 5000 else 0.99,
+        checkpoint_every=0,
+        sample_every=0,
+        sample_count=16,
+        sample_steps=recipe["sample_steps"],
+        log_every=max(1, steps // 20),
+        num_workers=0,
+        buffer_size=256,
+        progress=False,
+        seed=seed,
+    )
+    settings.update(changes)
+    return train_id3(ID3TrainConfig.from_mapping(settings)).pipeline_dir
+
+
+def generate_row(
+    out: Path,
+    pipeline: Path,
+    encoder_dir: Path,
+    reference: Path,
+    recipe: dict[str, Any],
+    seed: int,
+    **options: Any,
+) -> Path:
+    from facesynth.pipelines.generate import GenerateConfig, generate_dataset
+
+    identities, per_identity = recipe["generated"]
+    settings: dict[str, Any] = {
+        "pipeline": str(pipeline),
+        "identity_encoder": f"torch:{encoder_dir}",
+        "id_guidance": recipe["kappa"],
+        "num_inference_steps": recipe["sample_steps"],
+        "scheduler": recipe.get("scheduler", "ddim"),
+        "dtype": recipe.get("dtype", "float32"),
+        "reference": [str(reference)],
+        "subspace_rank": 16,
+        "tammes_steps": 100,
+        "batch_size": 40,
+    }
+    settings.update(options)
+    config = GenerateConfig(
+        generator="id3",
+        identities=identities,
+        per_identity=per_identity,
+        out=out,
+        seed=seed,
+        options=settings,
+    )
+    generate_dataset(config, show_progress=False)
+    return out
+
+
+def row_statistics(rows: dict[str, Any], encoder_b: Any) -> dict[str, float]:
+    """Genuine / impostor mean cosine under B, and the mean intra-class std of the requested yaw."""
+    emb = embed(encoder_b, rows["images"])
+    labels = rows["labels"]
+    same = labels[:, None] == labels[None, :]
+    sims = emb @ emb.T
+    off_diagonal = ~np.eye(len(labels), dtype=bool)
+    yaws = [
+        np.std(
+            [rows["attributes"][i]["yaw"] for i in np.flatnonzero(labels == label) if rows["attributes"][i]]
+        )
+        for label in np.unique(labels)
+    ]
+    return {
+        "genuine": float(sims[same & off_diagonal].mean()),
+        "impostor": float(sims[~same].mean()),
+        "attr_spread": float(np.nanmean(yaws)) if yaws else float("nan"),
+    }
+
+
+def downstream(encoder: Any, test: dict[str, Any], seed: int = 0) -> dict[str, float]:
+    """10-fold accuracy and TAR@FAR=1e-3 on all genuine pairs of E plus 10x as many impostor pairs."""
+    from facesynth.recognizers.verification import kfold_accuracy, tar_at_far
+
+    emb = embed(encoder, test["images"])
+    labels = test["labels"]
+    genuine = [
+        (i, j) for i in range(len(labels)) for j in range(i + 1, len(labels)) if labels[i] == labels[j]
+    ]
+    rng = np.random.default_rng(seed)
+    impostor: list[tuple[int, int]] = []
+    while len(impostor) < 10 * len(genuine):
+        i, j = rng.integers(0, len(labels), size=2)
+        if labels[i] != labels[j]:
+            impostor.append((int(i), int(j)))
+    pairs = np.array(genuine + impostor)
+    issame = np.array([True] * len(genuine) + [False] * len(impostor))
+    sims = np.sum(emb[pairs[:, 0]] * emb[pairs[:, 1]], axis=1)
+    accuracy = kfold_accuracy(2 - 2 * sims, issame)
+    roc = tar_at_far(sims, issame, fars=(1e-3,))
+    entry = roc["tar_at_far"]["0.001"]
+    return {
+        "accuracy": accuracy["accuracy"],
+        "tar@far=1e-3": entry["tar"],
+        "tar_resolvable": entry["resolvable"],
+    }
+
+
+def run(out: Path, recipe_name: str, threads: int = 1, seeds: list[int] | None = None) -> dict[str, Any]:
+    from facesynth.recognizers.encoders import load_encoder
+
+    recipe = RECIPES[recipe_name]
+    seeds = seeds if seeds is not None else list(recipe["seeds"])
+    torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def lap(name: str, since: float) -> float:
+        timings[name] = timings.get(name, 0.0) + round(time.perf_counter() - since, 1)
+        return time.perf_counter()
+
+    t = time.perf_counter()
+    data = {name: render(out, name, *spec) for name, spec in recipe["sets"].items()}
+    identities, per_identity = recipe["generated"]
+    t = lap("render", t)
+    size = recipe["fr_input_size"]
+    enc_a = train_fr(data["enc_a"], out / "encoder_A", recipe["encoder_steps"], seed=1, input_size=size)
+    enc_b = train_fr(data["enc_b"], out / "encoder_B", recipe["encoder_steps"], seed=2, input_size=size)
+    encoder_a, encoder_b = load_encoder(f"torch:{enc_a}"), load_encoder(f"torch:{enc_b}")
+    t = lap("encoders", t)
+    train_rows = load_rows(data["id3_train"])
+    conditioned = write_conditioned(
+        train_rows, embed(encoder_a, train_rows["images"]), out / "data" / "id3_train_A"
+    )
+    test = load_rows(data["test"])
+    t = lap("condition", t)
+
+    per_seed: dict[str, list[dict[str, float]]] = {row: [] for row in ROWS}
+    for seed in seeds:
+        run_dir = out / f"seed{seed}"
+        models = {}
+        for name, changes in MODELS.items():
+            models[name] = train_model(conditioned, run_dir / f"id3_{name}", enc_a, recipe, seed, **changes)
+            t = lap("id3_training", t)
+        for row in ROWS:
+            if row == "renderer":
+                folder = render(run_dir, "renderer", identities, per_identity, 900 + seed)
+            else:
+                model, options = ROW_SETTINGS[row]
+                folder = generate_row(
+                    run_dir / "data" / row, models[model], enc_a, conditioned, recipe, 7 + seed, **options
+                )
+            t = lap("generate", t)
+            stats = row_statistics(load_rows(folder), encoder_b)
+            fr_dir = train_fr(folder, run_dir / f"fr_{row}", recipe["fr_steps"], 3 + seed, size)
+            stats.update(downstream(load_encoder(f"torch:{fr_dir}"), test, seed))
+            per_seed[row].append(stats)
+            t = lap("downstream", t)
+            logger.info("seed %d row %s: %s", seed, row, stats)
+    timings["total"] = round(time.perf_counter() - started, 1)
+    table = {row: summarise(values) for row, values in per_seed.items()}
+    results = {
+        "recipe": recipe_name,
+        "settings": {k: v for k, v in recipe.items() if k != "seeds"},
+        "seeds": seeds,
+        "table": table,
+        "per_seed": per_seed,
+        "timings_s": timings,
+    }
+    if recipe_name == "smoke":
+        results["expected_full_hours"] = expected_full_hours(timings, len(seeds))
+    (out / "ablation.json").write_text(json.dumps(results, indent=2))
+    (out / "ablation.md").write_text(format_table(results))
+    return results
+
+
+def summarise(values: list[dict[str, float]]) -> dict[str, list[float]]:
+    """column -> [mean, std] over seeds."""
+    keys = [k for k in values[0] if isinstance(values[0][k], float)]
+    return {k: [float(np.mean([v[k] for v in values])), float(np.std([v[k] for v in values]))] for k in keys}
+
+
+def expected_full_hours(timings: dict[str, float], smoke_seeds: int) -> float:
+    """Scale the smoke run's stage times by the full recipe's work (steps x batch, images) ratios."""
+    smoke, full = RECIPES["smoke"], RECIPES["full"]
+
+    def images(recipe: dict[str, Any]) -> int:
+        return sum(n * m for n, m, _ in recipe["sets"].values())
+
+    def pixels(recipe: dict[str, Any], key: str) -> float:
+        return (recipe[key] / smoke[key]) ** 2
+
+    seeds = len(full["seeds"]) / smoke_seeds
+    # UNet cost grows with pixels and with the preset's width (small vs tiny: about 16x per pixel, ours)
+    unet = pixels(full, "image_size") * (16.0 if full["unet_preset"] == "small" else 1.0)
+    gen_images = full["generated"][0] * full["generated"][1] / (smoke["generated"][0] * smoke["generated"][1])
+    steps = full["sample_steps"] / smoke["sample_steps"]
+    fr = full["fr_steps"] / smoke["fr_steps"] * pixels(full, "fr_input_size")
+    seconds = (
+        timings.get("render", 0) * images(full) / images(smoke)
+        + timings.get("encoders", 0)
+        * full["encoder_steps"]
+        / smoke["encoder_steps"]
+        * pixels(full, "fr_input_size")
+        + timings.get("condition", 0) * images(full) / images(smoke)
+        + timings.get("id3_training", 0) * seeds * full["id3_steps"] / smoke["id3_steps"] * unet
+        + timings.get("generate", 0) * seeds * gen_images * steps * unet
+        + timings.get("downstream", 0) * seeds * fr
+    )
+    return round(seconds / 3600.0, 1)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = [
+        f"ID3 ablations on parametric faces (recipe {results['recipe']}, seeds {results['seeds']}; "
+        "mean +- std over seeds)",
+        "",
+        "| row | genuine cos (B) | impostor cos (B) | yaw spread (deg, requested) | accuracy | TAR@FAR=1e-3 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in ROWS:
+        cells = results["table"][row]
+
+        def cell(key: str, digits: int = 4, cells: dict[str, list[float]] = cells) -> str:
+            mean, std = cells[key]
+            return f"{mean:.{digits}f} +- {std:.{digits}f}"
+
+        lines.append(
+            f"| {row} | {cell('genuine')} | {cell('impostor')} | {cell('attr_spread', 1)} | "
+            f"{cell('accuracy')} | {cell('tar@far=1e-3')} |"
+        )
+    lines += ["", f"timings (s): {results['timings_s']}"]
+    if "expected_full_hours" in results:
+        lines.append(
+            f"expected wall time of the full recipe on this machine: {results['expected_full_hours']} h"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation_id3_parametric"))
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="full")
+    parser.add_argument("--smoke", action="store_true", help="the smoke recipe (about a minute)")
+    parser.add_argument("--seeds", type=int, nargs="*", default=None, help="override the recipe's seeds")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    results = run(args.out, "smoke" if args.smoke else args.recipe, args.threads, args.seeds)
+    print(format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
