@@ -317,3 +317,18 @@ def test_orl_recipe_ingests_and_splits_the_real_faces(orl_root, tmp_path):
     assert records["orl"]["identities"] == 40 and records["orl"]["images"] == 400
     assert records["orl_train"]["identities"] == 30 and records["orl_held_out"]["identities"] == 10
     assert records["held_out_pairs"]["pairs"] == 900
+
+
+def test_small_input_recognizer_embeds_aligned_112_faces_resized_as_in_training():
+    """A recognizer trained at 32x32 (the demo's) is benchmarked and used by ingest on 112x112 crops."""
+    import torch
+
+    from facesynth.recognizers.backbones import build_backbone
+    from facesynth.recognizers.encoders import TorchEncoder
+
+    encoder = TorchEncoder(build_backbone("tiny", input_size=(32, 32)))
+    faces = torch.rand(2, 3, 112, 112) * 2 - 1
+    small = torch.nn.functional.interpolate(faces, size=(32, 32), mode="bilinear", antialias=True)
+    assert torch.allclose(encoder.embed(faces), encoder.embed(small), atol=1e-6)
+    with pytest.raises(Exception, match="expects aligned 32x32"):
+        encoder.embed(torch.zeros(1, 3, 16, 16))  # smaller than the input is refused, never upsampled
