@@ -366,21 +366,6 @@ class DlibEncoder(IdentityEncoder):
         self.model = dlib.face_recognition_model_v1(str(path))
         self.description = f"dlib:{path.name}"
 
-    def _fit(self, images: torch.Tensor) -> torch.Tensor:
-        size = self.input_size
-        if (
-            size is None
-            or not isinstance(images, torch.Tensor)
-            or images.ndim != 4
-            or tuple(images.shape[2:]) == tuple(size)
-            or images.shape[2] < size[0]
-            or images.shape[3] < size[1]
-        ):
-            return images
-        return torch.nn.functional.interpolate(
-            images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True
-        )
-
     def _check(self, images: torch.Tensor) -> None:
         super()._check(images)
         if images.shape[2] != images.shape[3]:
