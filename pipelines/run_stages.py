@@ -84,9 +84,6 @@ def _train_generator(config: Any, ctx: RunContext) -> dict[str, Any]:
 def _train_recognizer(config: Any, ctx: RunContext) -> dict[str, Any]:
     from facesynth.recognizers.trainer import train_recognizer
 
-    if config.method != "plain":
-        import facesynth.privacy  # noqa: F401 - registers the privacy methods (issue 12 bug 3)
-
     update: dict[str, Any] = {"progress": ctx.show_progress}
     if ctx.resuming and (ctx.stage_dir / "checkpoints").is_dir() and config.resume is None:
         update["resume"] = "latest"
