@@ -377,13 +377,14 @@ class DecoderConfig:
             raise FacesynthError(f"decoder steps and lr must be positive, got {self.steps} and {self.lr}")
 
     def lr_at(self, step: int) -> float:
-        """Learning rate of optimiser step ``step`` (0-based)."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
+        """Learning rate of optimiser step ``step`` (0-based); short runs warm up over a tenth of their steps."""
+        warmup = min(self.warmup_steps, max(1, self.steps // 10))
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
         if self.lr_schedule == "constant":
             return self.lr
-        span = max(1, self.steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
+        span = max(1, self.steps - warmup)
+        progress = min(1.0, (step - warmup) / span)
         return self.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
