@@ -64,7 +64,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         elif path.suffix == ".json":
             data = json.loads(text)
         else:
-            data = yaml.safe_load(text)
+            data = load_yaml(text, str(path))
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot parse config ({exc})") from None
     if data is None:
@@ -81,5 +81,46 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         if "=" not in pair:
             raise ConfigError(f"option {pair!r}: expected KEY=VALUE")
         key, value = pair.split("=", 1)
-        result[key.strip()] = yaml.safe_load(value)
+        try:
+            result[key.strip()] = load_yaml(value, f"option {key.strip()!r}")
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"option {pair!r}: value is not valid YAML ({exc})") from None
     return result
+
+
+#: Most nodes a config may expand to once YAML aliases are followed (a "billion laughs" file of a
+#: few hundred bytes expands to 10^9): refused before anything is built.
+MAX_YAML_NODES = 100_000
+
+
+def load_yaml(text: str, source: str = "config") -> Any:
+    """``yaml.safe_load`` that measures the document with its aliases expanded *before* building it,
+    and refuses one larger than :data:`MAX_YAML_NODES` with :class:`ConfigError`."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        sizes: dict[int, int] = {}
+
+        def expanded(n: yaml.Node, depth: int = 0) -> int:
+            if id(n) in sizes:
+                return sizes[id(n)]
+            if depth > 100:
+                raise ConfigError(f"{source}: YAML nested more than 100 levels deep")
+            total = 1
+            if isinstance(n, yaml.SequenceNode):
+                total += sum(expanded(child, depth + 1) for child in n.value)
+            elif isinstance(n, yaml.MappingNode):
+                total += sum(expanded(k, depth + 1) + expanded(v, depth + 1) for k, v in n.value)
+            sizes[id(n)] = min(total, MAX_YAML_NODES + 1)
+            return sizes[id(n)]
+
+        if expanded(node) > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{source}: YAML expands to more than {MAX_YAML_NODES:,} nodes once its aliases are "
+                "followed (an alias bomb?); refused before loading"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()

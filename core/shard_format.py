@@ -41,6 +41,9 @@ FORMAT_VERSION = 1
 DATA_DIR = "data"
 SPLIT = "train"
 IMAGE_SIZE = 112
+#: Image sides a shard may hold: square, 32 (the parametric renderer's lower bound) to 1024 px.
+MIN_IMAGE_SIDE = 32
+MAX_IMAGE_SIDE = 1024
 ATTRIBUTE_NAMES = ("yaw", "pitch", "roll", "age")
 ROW_GROUP_SIZE = 256
 IMAGE_FORMATS = ("png", "jpeg")

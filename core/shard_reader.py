@@ -22,52 +22,142 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from facesynth.core.errors import ShardError
-from facesynth.core.shard_format import DATA_DIR, check_schema, decode_image, read_schema
+from facesynth.core.manifest import MANIFEST_NAME, Manifest, manifest_exists, unfinished_marker
+from facesynth.core.shard_format import (
+    DATA_DIR,
+    check_schema,
+    decode_image,
+    read_schema,
+)
 
 logger = logging.getLogger(__name__)
 
 Source = str | os.PathLike
 
 
-def dataset_files(source: Source) -> list[Path]:
-    """The Parquet shards of a dataset folder (``data/*.parquet``), or the file itself."""
+def dataset_files(source: Source, *, allow_plain: bool = True) -> list[Path]:
+    """The Parquet shards of a dataset folder (see :func:`dataset_shards`), or the file itself."""
+    return [file for file, _ in dataset_shards(source, allow_plain=allow_plain)]
+
+
+#: (shard file, the label range [start, stop) it may hold; stop None when no manifest bounds it)
+LabelledShard = tuple[Path, tuple[int, int | None]]
+
+
+def dataset_shards(source: Source, *, allow_plain: bool = True) -> list[LabelledShard]:
+    """The Parquet shards of a dataset folder, as its manifest lists them, or the file itself.
+
+    A folder with a ``facesynth.json`` is read exactly as the manifest says: a listed shard that is
+    missing, an unlisted one beside them, or a row count that differs is refused (``facesynth verify``
+    gives the full report). A folder whose writer has not finished (working state but no manifest) is
+    refused. A folder of plain Parquet shards with neither is read with a warning when
+    ``allow_plain``, refused otherwise.
+    """
     path = Path(source)
     if path.is_file():
-        return [path]
+        return [(path, (0, None))]
     if not path.exists():
         raise ShardError(f"{path}: dataset folder does not exist")
+    if manifest_exists(path):
+        return _manifest_files(path)
+    marker = unfinished_marker(path)
+    if marker is not None:
+        raise ShardError(
+            f"{path}: has no {MANIFEST_NAME} but holds {marker.relative_to(path)}: the dataset is still being "
+            "written or its run did not finish (rerun that command to complete it)"
+        )
     files = sorted((path / DATA_DIR).glob("*.parquet")) or sorted(path.glob("*.parquet"))
     if not files:
         raise ShardError(f"{path}: no Parquet shards found (expected {DATA_DIR}/train-*.parquet)")
-    return files
+    if not allow_plain:
+        raise ShardError(
+            f"{path}: has no {MANIFEST_NAME}, so it is not a finished facesynth dataset "
+            "(allow_plain_parquet reads a plain Parquet folder unchecked)"
+        )
+    if str(path) not in _WARNED_PLAIN:
+        _WARNED_PLAIN.add(str(path))
+        logger.warning("%s: no %s; reading %d Parquet file(s) unchecked", path, MANIFEST_NAME, len(files))
+    return [(file, (0, None)) for file in files]
 
 
-def _all_files(sources: Source | Sequence[Source]) -> list[Path]:
+_WARNED_PLAIN: set[str] = set()
+
+
+def _manifest_files(folder: Path) -> list[LabelledShard]:
+    manifest = Manifest.read(folder)
+    hint = f"(run `facesynth verify {folder}` for the full report)"
+    root = folder.resolve()
+    files = []
+    for record in manifest.shards:
+        file = folder / record.file
+        if not file.resolve().is_relative_to(root):
+            raise ShardError(f"{file}: manifest entry leads outside {folder} {hint}")
+        if not file.is_file():
+            raise ShardError(f"{file}: listed in the manifest but missing {hint}")
+        try:
+            rows = pq.ParquetFile(file).metadata.num_rows
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ShardError(f"{file}: cannot read Parquet footer ({exc}) {hint}") from None
+        if rows != record.num_rows:
+            raise ShardError(f"{file}: {rows} rows, the manifest says {record.num_rows} {hint}")
+        files.append(file)
+    listed = {f.name for f in files}
+    extra = sorted(p.name for p in (folder / DATA_DIR).glob("*.parquet") if p.name not in listed)
+    if extra:
+        raise ShardError(f"{folder}: shards not listed in the manifest: {extra[:5]} {hint}")
+    return [(file, (r.label_start, r.label_stop)) for file, r in zip(files, manifest.shards, strict=True)]
+
+
+def check_labels(
+    file: Path, labels: pa.Array | pa.ChunkedArray, limits: tuple[int, int | None], where: str = ""
+) -> None:
+    """Refuse labels outside the shard's manifest range ``limits`` (or negative ones in a plain shard)."""
+    if len(labels) == 0:
+        return
+    low, high = (v.as_py() for v in pc.min_max(labels).values())
+    if low is None:
+        raise ShardError(f"{file}{where}: null labels")
+    start, stop = limits
+    if low < start or (stop is not None and high >= stop):
+        allowed = f"[{start}, {stop})" if stop is not None else "non-negative"
+        raise ShardError(
+            f"{file}{where}: labels {low}..{high} outside the manifest's range {allowed}; "
+            "the manifest's identity count bounds the classes"
+        )
+
+
+def _all_shards(sources: Source | Sequence[Source], allow_plain: bool = True) -> list[LabelledShard]:
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    files: list[Path] = []
+    shards: list[LabelledShard] = []
     for source in sources:
-        files.extend(dataset_files(source))
-    return files
+        shards.extend(dataset_shards(source, allow_plain=allow_plain))
+    return shards
 
 
-def read_columns(sources: Source | Sequence[Source], columns: Sequence[str]) -> pa.Table:
-    """Read the given (non-image) columns of every shard into one Arrow table."""
+def read_columns(
+    sources: Source | Sequence[Source], columns: Sequence[str], *, allow_plain: bool = True
+) -> pa.Table:
+    """Read the given (non-image) columns of every shard into one Arrow table (labels checked)."""
     tables = []
-    for file in _all_files(sources):
+    for file, limits in _all_shards(sources, allow_plain):
         schema = read_schema(file)
         missing = [c for c in columns if c not in schema.names]
         if missing:
             raise ShardError(f"{file}: missing columns {missing}")
         try:
-            tables.append(pq.read_table(file, columns=list(columns)))
+            table = pq.read_table(file, columns=list(columns))
         except (pa.ArrowInvalid, OSError) as exc:
             raise ShardError(f"{file}: cannot read ({exc})") from None
+        if "label" in columns:
+            check_labels(file, table["label"], limits)
+        tables.append(table)
     return pa.concat_tables(tables)
 
 
@@ -88,6 +178,7 @@ class _Unit:
     row_group: int
     num_rows: int
     label_offset: int
+    label_limits: tuple[int, int | None] = (0, None)
 
 
 class ShardDataset(IterableDataset):
@@ -115,6 +206,7 @@ class ShardDataset(IterableDataset):
         label_offsets: Sequence[int] | None = None,
         decode_images: bool = True,
         skip_bad_images: bool = True,
+        allow_plain: bool = True,
     ) -> None:
         if isinstance(sources, (str, os.PathLike)):
             sources = [sources]
@@ -130,12 +222,22 @@ class ShardDataset(IterableDataset):
         self.skip_bad_images = skip_bad_images
         self.units: list[_Unit] = []
         for source, offset in zip(sources, offsets, strict=True):
-            for file in dataset_files(source):
-                self.units.extend(self._file_units(file, offset))
+            for file, limits in dataset_shards(source, allow_plain=allow_plain):
+                self.units.extend(self._file_units(file, offset, limits))
         if not self.units:
             raise ShardError(f"{[str(s) for s in sources]}: the dataset has no rows")
+        # with fewer row groups than ranks some rank would get nothing: every rank then reads all
+        # row groups and keeps every world_size-th row (as datasets' split_dataset_by_node does)
+        self.stride_rows = len(self.units) < world_size
+        if self.stride_rows and rank == 0:
+            logger.info(
+                "%d row group(s) for %d processes: each process reads every %d-th row instead",
+                len(self.units),
+                world_size,
+                world_size,
+            )
 
-    def _file_units(self, file: Path, label_offset: int) -> list[_Unit]:
+    def _file_units(self, file: Path, label_offset: int, limits: tuple[int, int | None]) -> list[_Unit]:
         check_schema(file, read_schema(file))
         missing = [c for c in self.columns if c not in read_schema(file).names]
         if missing:
@@ -145,7 +247,7 @@ class ShardDataset(IterableDataset):
         except (pa.ArrowInvalid, OSError) as exc:
             raise ShardError(f"{file}: cannot read Parquet footer ({exc})") from None
         return [
-            _Unit(file, i, meta.row_group(i).num_rows, label_offset)
+            _Unit(file, i, meta.row_group(i).num_rows, label_offset, limits)
             for i in range(meta.num_row_groups)
             if meta.row_group(i).num_rows > 0
         ]
@@ -166,9 +268,30 @@ class ShardDataset(IterableDataset):
 
     def rows_per_rank(self) -> int:
         """Rows each rank yields per epoch (the smallest rank's share when ``even_split``)."""
+        if self.stride_rows:
+            total, world = self.num_rows, self.world_size
+            return total // world if self.even_split else (total - self.rank + world - 1) // world
         units = self._ordered_units()
         shares = [sum(u.num_rows for u in units[r :: self.world_size]) for r in range(self.world_size)]
         return min(shares) if self.even_split else shares[self.rank]
+
+    def _rank_units(self) -> tuple[list[_Unit], dict[_Unit, int] | None]:
+        """This rank's units and, when striding rows, each unit's first global row number."""
+        ordered = self._ordered_units()
+        if not self.stride_rows:
+            return ordered[self.rank :: self.world_size], None
+        starts, position = {}, 0
+        for unit in ordered:
+            starts[unit] = position
+            position += unit.num_rows
+        return ordered, starts
+
+    def _kept(self, unit: _Unit, starts: dict[_Unit, int] | None) -> int:
+        """Rows of ``unit`` this rank keeps."""
+        if starts is None:
+            return unit.num_rows
+        first = (self.rank - starts[unit]) % self.world_size
+        return max(0, (unit.num_rows - first + self.world_size - 1) // self.world_size)
 
     def __len__(self) -> int:
         return self.rows_per_rank()
@@ -176,19 +299,21 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        rank_units = self._ordered_units()[self.rank :: self.world_size]
+        rank_units, starts = self._rank_units()
         my_units = rank_units[worker::num_workers]
         limit = None
         if self.even_split and self.world_size > 1:
             # deal the rank's row budget over workers in proportion to their units
             budget = self.rows_per_rank()
-            totals = [sum(u.num_rows for u in rank_units[w::num_workers]) for w in range(num_workers)]
+            totals = [
+                sum(self._kept(u, starts) for u in rank_units[w::num_workers]) for w in range(num_workers)
+            ]
             before = sum(totals[:worker])
             limit = max(0, min(totals[worker], budget - before))
         rng = random.Random((self.seed * 1_000_003 + self.epoch) * 7919 + self.rank * 131 + worker)
         yielded = 0
         buffer: list[dict[str, Any]] = []
-        for row in self._rows(my_units):
+        for row in self._rows(my_units, starts):
             if limit is not None and yielded + len(buffer) >= limit:
                 break
             if not self.shuffle:
@@ -204,32 +329,45 @@ class ShardDataset(IterableDataset):
         rng.shuffle(buffer)
         yield from buffer
 
-    def _rows(self, units: Sequence[_Unit]) -> Iterator[dict[str, Any]]:
+    def _rows(
+        self, units: Sequence[_Unit], starts: dict[_Unit, int] | None = None
+    ) -> Iterator[dict[str, Any]]:
         wanted = ["label", *self.columns]
         if self.decode_images:
             wanted.insert(0, "image")
         wanted = list(dict.fromkeys(wanted))
         skipped = 0
+        shape: tuple[int, ...] | None = None
         for unit in units:
             try:
                 table = pq.ParquetFile(unit.file).read_row_group(unit.row_group, columns=wanted)
             except (pa.ArrowInvalid, OSError) as exc:
                 raise ShardError(f"{unit.file}: cannot read row group {unit.row_group} ({exc})") from None
+            check_labels(unit.file, table["label"], unit.label_limits, f" row group {unit.row_group}")
             data = table.to_pydict()
             for i in range(table.num_rows):
+                if starts is not None and (starts[unit] + i) % self.world_size != self.rank:
+                    continue
                 item: dict[str, Any] = {
                     "label": torch.tensor(data["label"][i] + unit.label_offset, dtype=torch.int64)
                 }
                 if self.decode_images:
+                    where = f"{unit.file}: row group {unit.row_group} row {i}"
                     try:
-                        item["image"] = image_to_tensor(decode_image(data["image"][i]["bytes"]))
+                        pixels = decode_image(data["image"][i]["bytes"])
                     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad image
-                        where = f"{unit.file}: row group {unit.row_group} row {i}"
                         if not self.skip_bad_images:
                             raise ShardError(f"{where}: undecodable image ({exc})") from None
                         skipped += 1
                         logger.warning("%s: skipping undecodable image (%s)", where, exc)
                         continue
+                    shape = shape or pixels.shape
+                    if pixels.shape != shape:  # a batch cannot mix sizes: name the row here
+                        raise ShardError(
+                            f"{where}: image is {pixels.shape[1]}x{pixels.shape[0]}, the dataset's first is "
+                            f"{shape[1]}x{shape[0]}; run `facesynth verify`"
+                        )
+                    item["image"] = image_to_tensor(pixels)
                 for column in self.columns:
                     value = data[column][i]
                     if column == "embedding" and value is not None:

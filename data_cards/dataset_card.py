@@ -67,6 +67,61 @@ def mentions_noncommercial_source(*configs: Any) -> bool:
     return any(marker in text for marker in NONCOMMERCIAL_MARKERS)
 
 
+# keys of a generator / stage config whose value names a model that made or embedded the data
+MODEL_KEYS = ("encoder", "identity_encoder", "pipeline", "model", "checkpoint", "vae")
+SPEC_PREFIXES = ("torch:", "onnx:", "insightface:")
+UNKNOWN_LICENSE = "unknown"
+# files in a model folder that may state its licence (``license:`` in a card's YAML or a JSON key)
+LICENSE_FILES = (
+    "README.md",
+    "facesynth_model.json",
+    "config.json",
+    "backbone_config.json",
+    "model_index.json",
+)
+
+
+def model_sources(*configs: Any) -> list[str]:
+    """The model specs (``torch:PATH``, ``onnx:PATH``, a pipeline folder, ...) named in nested configs."""
+    found: list[str] = []
+
+    def walk(node: Any, key: str = "") -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(v, str(k).lower())
+        elif isinstance(node, list | tuple):
+            for v in node:
+                walk(v, key)
+        elif isinstance(node, str) and node and (node.startswith(SPEC_PREFIXES) or key in MODEL_KEYS):
+            found.append(node)
+
+    for config in configs:
+        walk(config)
+    return list(dict.fromkeys(found))
+
+
+def saved_license(spec: str) -> str | None:
+    """The licence a model's own saved files state (card YAML or a ``license`` JSON key), else None."""
+    target = Path(spec.split(":", 1)[1] if spec.startswith(SPEC_PREFIXES) else spec).expanduser()
+    folder = target if target.is_dir() else target.parent
+    for name in LICENSE_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            if name == "README.md":
+                head = text.split("---", 2)[1] if text.startswith("---") else ""
+                value = (yaml.safe_load(head) or {}).get("license") if head else None
+            else:
+                value = json.loads(text).get("license")
+        except (OSError, ValueError, yaml.YAMLError, AttributeError, IndexError):
+            continue
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
 def find_checkpoint_hash(config: Any) -> str | None:
     """The first string under a key naming a checkpoint / weights / pipeline hash (or fingerprint) in
     a nested generator config, e.g. the ID3 generator's ``pipeline_fingerprint``."""
@@ -112,6 +167,11 @@ class DatasetCardFacts:
     source_datasets: Sequence[str] = ()
     tags: Sequence[str] = ()
     noncommercial: bool | None = None  # None: detected from the configs
+    encoder_license: str | None = None  # licence of the models that made the data, when stated by the user
+
+    def sources(self) -> list[str]:
+        """Models named in the generator / stage settings (their licences bind the data)."""
+        return model_sources(self.generator_config, self.stage_config)
 
     def resolve_noncommercial(self) -> bool:
         if self.noncommercial is not None:
@@ -119,10 +179,26 @@ class DatasetCardFacts:
         return mentions_noncommercial_source(self.generator_config, self.stage_config, self.quality or {})
 
     def resolve_license(self) -> str:
-        """The given license, else cc-by-nc-4.0 for insightface-derived data and cc-by-4.0 otherwise."""
+        """The licence the card states, from what is known, never guessed from a file name.
+
+        ``license`` given, else ``encoder_license`` given, else the licence the source models' own
+        saved files state (all the same), else cc-by-nc-4.0 when insightface models are named, else
+        ``unknown`` when any model made the data; data made by no model (the parametric renderer)
+        defaults to cc-by-4.0. ``publish`` refuses ``unknown``.
+        """
         if self.license:
             return self.license
-        return "cc-by-nc-4.0" if self.resolve_noncommercial() else "cc-by-4.0"
+        if self.encoder_license:
+            return self.encoder_license
+        if self.resolve_noncommercial():
+            return "cc-by-nc-4.0"
+        sources = self.sources()
+        if not sources:
+            return "cc-by-4.0"
+        saved = {saved_license(spec) for spec in sources}
+        if len(saved) == 1 and None not in saved:
+            return saved.pop()
+        return UNKNOWN_LICENSE
 
 
 def card_data(facts: DatasetCardFacts):
@@ -178,6 +254,7 @@ def build_dataset_card(facts: DatasetCardFacts, template_path: str | Path | None
         facts=facts,
         license_id=facts.resolve_license(),
         noncommercial=facts.resolve_noncommercial(),
+        sources=facts.sources(),
         checkpoint_hash=facts.checkpoint_hash or find_checkpoint_hash(facts.generator_config),
         generator_yaml=generator_yaml.strip(),
         stage_yaml=stage_yaml.strip() if facts.stage_config else "",
@@ -192,11 +269,11 @@ def build_dataset_card(facts: DatasetCardFacts, template_path: str | Path | None
 
 
 def write_dataset_card(facts: DatasetCardFacts, folder: str | Path) -> Path:
-    """Write ``folder/README.md`` atomically and return its path."""
-    from facesynth.core.atomic_io import atomic_write
+    """Write ``folder/README.md`` atomically (refusing one facesynth did not write); return its path."""
+    from facesynth.core.ownership import owned_write
 
     card = build_dataset_card(facts)
     path = Path(folder) / "README.md"
-    with atomic_write(path) as handle:
+    with owned_write(path) as handle:  # never replaces a user's README.md
         handle.write(str(card).encode("utf-8"))
     return path

@@ -21,6 +21,7 @@ from facesynth.data_cards.dataset_card import mentions_noncommercial_source
 from facesynth.data_cards.quality_report import TEMPLATES, fmt
 
 BASE_TAGS = ["face-recognition", "facesynth", "synthetic-data"]
+COUNT_COLUMNS = ("num_pairs", "pairs", "no_face_images", "no_face_pairs")  # counts, not eval results
 
 
 @dataclass
@@ -80,6 +81,7 @@ def _eval_results(facts: ModelCardFacts) -> list:
                 isinstance(value, (int, float))
                 and not isinstance(value, bool)
                 and not metric.endswith("_std")
+                and metric not in COUNT_COLUMNS
             ):
                 results.append(
                     EvalResult(
@@ -150,10 +152,10 @@ def build_model_card(facts: ModelCardFacts, template_path: str | Path | None = N
 
 
 def write_model_card(facts: ModelCardFacts, folder: str | Path) -> Path:
-    """Write ``folder/README.md`` atomically and return its path."""
-    from facesynth.core.atomic_io import atomic_write
+    """Write ``folder/README.md`` atomically (refusing one facesynth did not write); return its path."""
+    from facesynth.core.ownership import owned_write
 
     path = Path(folder) / "README.md"
-    with atomic_write(path) as handle:
+    with owned_write(path) as handle:  # never replaces a user's README.md
         handle.write(str(build_model_card(facts)).encode("utf-8"))
     return path

@@ -55,6 +55,7 @@ from facesynth.generators.attributes import attributes_to_array, normalize_attri
 from facesynth.generators.id3_condition_encoder import ID3ConditionEncoder
 from facesynth.generators.id3_loss import embed_for_identity, require_differentiable
 from facesynth.generators.id3_sampling import KAPPA_SCHEDULES, adjusted_noise, guidance_active, kappa_at
+from facesynth.recognizers.encoders import resolve_encoder_spec
 
 CONDITION_ENCODER_ENTRY = ["facesynth.generators.id3_condition_encoder", "ID3ConditionEncoder"]
 #: scheduler names accepted by :meth:`ID3Pipeline.use_scheduler` (and the generator's ``scheduler``)
@@ -107,6 +108,8 @@ class ID3Pipeline(DiffusionPipeline):
     ) -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, condition_encoder=condition_encoder, vae=vae)
+        if identity_encoder_spec is not None:  # absolute, so the folder works from any directory
+            identity_encoder_spec = resolve_encoder_spec(identity_encoder_spec)
         self.register_to_config(identity_encoder_spec=identity_encoder_spec)
         if unet.config.cross_attention_dim != condition_encoder.config.cross_attention_dim:
             raise ConfigError(

@@ -15,22 +15,23 @@ Exact resume: all randomness of a step (noise, timesteps, condition dropout, VAE
 from a generator seeded by (seed, micro-step, rank), and the data order is a function of (seed, epoch),
 so a resumed run replays the same batches and noise as an uninterrupted one.
 
-Run folder layout::
+Run folder (:class:`~facesynth.core.training_run.TrainingRun`)::
 
     OUTPUT/train.log            text log
-    OUTPUT/train_log.csv        step, lr, loss, eps_mse, rec_mse, rec_term, id_cos, id_term, images/s
-    OUTPUT/checkpoints/checkpoint-00001000/   accelerate state + trainer_state.json (written last)
+    OUTPUT/train_log.csv        step, epoch, lr, every loss term (loss, eps_mse, rec_mse, ...), images/s
+    OUTPUT/checkpoints/checkpoint-1000/   accelerate state (optimizer, scheduler, RNG); unet/ and
+                                condition_encoder/ (save_pretrained), unet_ema/ and condition_encoder_ema/
+                                (EMAModel.save_pretrained); trainer_state.json (written last)
     OUTPUT/samples/step-00001000.png          sample grids (EMA weights, DDIM)
     OUTPUT/pipeline/            the ID3Pipeline (save_pretrained)
 """
 
 from __future__ import annotations
 
-import csv
+import functools
 import json
 import logging
 import math
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +43,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch.utils.data import DataLoader
 
-from facesynth.core.checkpoints import TRAINER_STATE, find_checkpoint, prune_checkpoints
+from facesynth.core.checkpoints import TRAINER_STATE
 from facesynth.core.config import StageConfig
 from facesynth.core.errors import ConfigError, FacesynthError, ShardError
+from facesynth.core.training_run import Throughput, TrainingRun, exact_batches
 from facesynth.generators.attributes import (
     attributes_to_array,
     normalize_attributes,
@@ -56,19 +58,7 @@ from facesynth.generators.id3_unet import build_id3_unet
 
 logger = logging.getLogger("facesynth.id3_trainer")
 
-EMA_FILE = "ema.safetensors"
-LOG_FIELDS = (
-    "step",
-    "epoch",
-    "lr",
-    "loss",
-    "eps_mse",
-    "rec_mse",
-    "rec_term",
-    "id_cos",
-    "id_term",
-    "images_per_s",
-)
+LEGACY_EMA_FILE = "ema.safetensors"  # EMA weights of checkpoints written before save_pretrained
 
 
 class ID3TrainConfig(StageConfig):
@@ -79,7 +69,7 @@ class ID3TrainConfig(StageConfig):
     image_size: int = Field(
         default=112, ge=8, description="pixel size the model generates (faces are resized)"
     )
-    unet_preset: Literal["tiny", "small", "base"] = "base"
+    unet_preset: Literal["tiny", "small", "base"] = Field(default="base", description="UNet size preset")
     unet_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="UNet2DConditionModel config overrides, plus the condition-wiring options of "
@@ -89,14 +79,16 @@ class ID3TrainConfig(StageConfig):
     vae: str | None = Field(
         default=None, description="AutoencoderKL folder for latent mode; None: pixel space"
     )
-    hidden_dims: tuple[int, int] = (512, 256)
-    cross_attention_dim: int = Field(default=768, ge=8)
+    hidden_dims: tuple[int, int] = Field(default=(512, 256), description="condition encoder MLP widths")
+    cross_attention_dim: int = Field(default=768, ge=8, description="width of the condition tokens")
     num_tokens: int = Field(
         default=1,
         ge=1,
         description="condition tokens for cross-attention (1: a spatially uniform bias; ours)",
     )
-    activation: Literal["relu", "silu", "gelu"] = "relu"
+    activation: Literal["relu", "silu", "gelu"] = Field(
+        default="relu", description="condition MLP activation"
+    )
     use_attributes: bool = Field(
         default=True,
         description="condition on pose/age; refused when most attribute values in the data are missing",
@@ -111,31 +103,52 @@ class ID3TrainConfig(StageConfig):
     identity_encoder: str | None = Field(
         default=None, description="load_encoder spec (torch:PATH) of the frozen encoder for the identity term"
     )
-    loss: ID3LossConfig = Field(default_factory=ID3LossConfig)
-    num_train_timesteps: int = Field(default=1000, ge=10)
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    loss: ID3LossConfig = Field(default_factory=ID3LossConfig, description="ID3 loss weights and schedule")
+    num_train_timesteps: int = Field(default=1000, ge=10, description="diffusion timesteps T")
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = Field(
+        default="linear", description="DDPM noise schedule"
+    )
     batch_size: int = Field(default=16, ge=1, description="per process")
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
-    lr: float = Field(default=1e-4, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
-    lr_warmup_steps: int = Field(default=500, ge=0)
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="batches per optimizer step")
+    lr: float = Field(default=1e-4, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        default="constant_with_warmup", description="diffusers LR schedule"
+    )
+    lr_warmup_steps: int | None = Field(
+        default=None,
+        ge=0,
+        description="LR warm-up steps; None: min(500, max_steps // 10), so short runs leave warm-up",
+    )
     max_steps: int = Field(default=500_000, ge=1, description="optimizer steps")
-    grad_clip: float = Field(default=1.0, ge=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    use_ema: bool = True
-    ema_decay: float = Field(default=0.9999, gt=0, lt=1)
+    grad_clip: float = Field(default=1.0, ge=0, description="max grad norm; 0 = off")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(default="no", description="autocast precision")
+    use_ema: bool = Field(default=True, description="keep an EMA of the weights (exported and sampled)")
+    ema_decay: float = Field(default=0.9999, gt=0, lt=1, description="EMA decay (with warm-up)")
     checkpoint_every: int = Field(default=1000, ge=0, description="0 = only at the end")
-    keep_checkpoints: int = Field(default=3, ge=1)
+    keep_checkpoints: int = Field(default=3, ge=1, description="newest checkpoints kept")
     resume: str | None = Field(default=None, description="'latest' or a checkpoint folder")
     sample_every: int = Field(default=1000, ge=0, description="0 = only at the end")
-    sample_count: int = Field(default=16, ge=1)
-    sample_steps: int = Field(default=25, ge=1)
-    log_every: int = Field(default=50, ge=1)
-    num_workers: int = Field(default=2, ge=0)
-    buffer_size: int = Field(default=1000, ge=1)
-    seed: int = 0
-    progress: bool = True
+    sample_count: int = Field(default=16, ge=1, description="images in each sample grid")
+    sample_steps: int = Field(default=25, ge=1, description="DDIM steps of the sample grids")
+    log_every: int = Field(default=50, ge=1, description="steps between rows of train_log.csv")
+    num_workers: int = Field(default=2, ge=0, description="DataLoader worker processes per training process")
+    buffer_size: int = Field(default=1000, ge=1, description="rows in the streaming shuffle buffer")
+    seed: int = Field(default=0, description="seed of weights, data order and noise")
+    progress: bool = Field(default=True, description="show a progress bar")
+
+    def effective_warmup_steps(self) -> int:
+        """Warm-up steps: the field, or min(500, max_steps // 10); warns when warm-up outlasts the run."""
+        if self.lr_warmup_steps is None:
+            return min(500, self.max_steps // 10)
+        if self.lr_warmup_steps >= self.max_steps and self.lr_scheduler != "constant":
+            logger.warning(
+                "lr_warmup_steps %d >= max_steps %d: the run never leaves warm-up (the learning rate stays "
+                "below lr); lower lr_warmup_steps or leave it unset",
+                self.lr_warmup_steps,
+                self.max_steps,
+            )
+        return self.lr_warmup_steps
 
 
 @dataclass
@@ -160,28 +173,16 @@ def _collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         embeddings.append(row["embedding"])
     emb = torch.stack(embeddings).float()
     norms = emb.norm(dim=1, keepdim=True)
-    physical, filled = attributes_to_array([row.get("attributes") for row in rows])
+    physical, _ = attributes_to_array([row.get("attributes") for row in rows])
+    # per-row counts, so exact_batches' re-cut batches carry their own rows' counts
+    filled = [attributes_to_array([row.get("attributes")])[1] for row in rows]
     return {
         "image": torch.stack([row["image"] for row in rows]),
         "embedding": emb / norms.clamp_min(1e-12),
-        "renormalised": int(((norms.squeeze(1) - 1).abs() > 1e-2).sum()),
+        "renormalised": ((norms.squeeze(1) - 1).abs() > 1e-2).long(),
         "attributes": torch.from_numpy(physical),
-        "filled": filled,
+        "filled": torch.tensor(filled, dtype=torch.long),
     }
-
-
-def _exact_batches(loader: Any, batch_size: int) -> Iterator[dict[str, Any]]:
-    """Re-cut per-worker batches into exactly ``batch_size`` rows (remainder dropped)."""
-    pending: dict[str, Any] | None = None
-    for batch in loader:
-        pending = batch if pending is None else _merge(pending, batch)
-        while pending["image"].shape[0] >= batch_size:
-            yield {k: (v[:batch_size] if torch.is_tensor(v) else v) for k, v in pending.items()}
-            pending = {k: (v[batch_size:] if torch.is_tensor(v) else 0) for k, v in pending.items()}
-
-
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    return {k: (torch.cat([a[k], b[k]]) if torch.is_tensor(a[k]) else a[k] + b[k]) for k in a}
 
 
 def check_training_data(sources: list[str]) -> int:
@@ -250,297 +251,228 @@ def save_grid(images: np.ndarray, path: Path, columns: int = 8) -> None:
 # ------------------------------------------------------------------------------------------ training
 def train_id3(config: ID3TrainConfig, identity_encoder: Any | None = None) -> ID3TrainResult:
     """Train ID3 as configured; ``identity_encoder`` overrides ``config.identity_encoder`` (library use)."""
-    from accelerate.utils import ProjectConfiguration
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler
     from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    from facesynth.core.accelerator import make_accelerator
     from facesynth.core.shard_reader import ShardDataset
     from facesynth.generators.id3_pipeline import ID3Pipeline
 
-    run_dir = Path(config.output_dir)
-    accelerator = make_accelerator(
-        config.mixed_precision,
+    with TrainingRun(
+        config.output_dir,
+        config=config,
+        mixed_precision=config.mixed_precision,
+        keep_checkpoints=config.keep_checkpoints,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        project_config=ProjectConfiguration(project_dir=str(run_dir)),
-    )
-    main = accelerator.is_main_process
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(run_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        (run_dir / "train_config.json").write_text(json.dumps(config.to_json_dict(), indent=2))
-    device = accelerator.device
+    ) as run:
+        accelerator, device, rank = run.accelerator, run.accelerator.device, run.rank
+        embedding_dim = check_training_data(config.data)
+        if config.use_attributes:
+            require_attribute_coverage(config.data)
+        identity_encoder = _identity_encoder(config, identity_encoder, embedding_dim, device)
+        vae, sample_size, channels = _load_vae(config, device)
 
-    embedding_dim = check_training_data(config.data)
-    if config.use_attributes:
-        require_attribute_coverage(config.data)
-    if config.loss.lambda_id != 0 and identity_encoder is None:
-        if config.identity_encoder is None:
-            raise ConfigError(
-                "train-generator: loss.lambda_id != 0 needs identity_encoder (a torch:PATH spec), "
-                "or set loss.lambda_id=0 for a model without the identity term"
-            )
-        from facesynth.recognizers.encoders import load_encoder
-
-        identity_encoder = load_encoder(config.identity_encoder, device=device)
-    if config.loss.lambda_id != 0:
-        require_differentiable(identity_encoder, "the identity loss term")
-        enc_dim = getattr(identity_encoder, "embedding_dim", embedding_dim)
-        if enc_dim != embedding_dim:
-            raise ConfigError(
-                f"train-generator: identity encoder gives {enc_dim}-d embeddings but the data's embedding "
-                f"column is {embedding_dim}-d; they must come from the same encoder"
-            )
-        model = getattr(identity_encoder, "model", identity_encoder)
-        if isinstance(model, torch.nn.Module):
-            model.requires_grad_(False).eval().to(device)
-
-    vae = None
-    if config.vae is not None:
-        vae = AutoencoderKL.from_pretrained(config.vae).requires_grad_(False).eval().to(device)
-        scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        if config.image_size % scale:
-            raise ConfigError(
-                f"train-generator: image_size {config.image_size} not divisible by VAE factor {scale}"
-            )
-        sample_size, channels = config.image_size // scale, int(vae.config.latent_channels)
-    else:
-        sample_size, channels = config.image_size, 3
-
-    torch.manual_seed(config.seed)  # identical initial weights on every process
-    unet = build_id3_unet(
-        config.unet_preset, sample_size, channels, config.cross_attention_dim, **config.unet_kwargs
-    )
-    condition_encoder = ID3ConditionEncoder(
-        embedding_dim=embedding_dim,
-        num_attributes=4 if config.use_attributes else 0,
-        hidden_dims=tuple(config.hidden_dims),
-        cross_attention_dim=config.cross_attention_dim,
-        num_tokens=config.num_tokens,
-        activation=config.activation,
-        condition_dropout=config.condition_dropout,
-    )
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=config.num_train_timesteps,
-        beta_schedule=config.beta_schedule,
-        clip_sample=vae is None,
-    )
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
-    params = list(unet.parameters()) + list(condition_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer,
-        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=config.max_steps * accelerator.num_processes,
-    )
-    unet, condition_encoder, optimizer, lr_scheduler = accelerator.prepare(
-        unet, condition_encoder, optimizer, lr_scheduler
-    )
-    ema = None
-    if config.use_ema:
-        ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
-        ema.to(device)
-
-    dataset = ShardDataset(
-        config.data,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-        shuffle=True,
-        seed=config.seed,
-        buffer_size=config.buffer_size,
-        columns=["embedding", "attributes"],
-    )
-    batches_per_epoch = len(dataset) // config.batch_size
-    if batches_per_epoch == 0:
-        raise ShardError(
-            f"{config.data}: {len(dataset)} rows per process is fewer than one batch of {config.batch_size}"
+        torch.manual_seed(config.seed)  # identical initial weights on every process
+        unet = build_id3_unet(
+            config.unet_preset, sample_size, channels, config.cross_attention_dim, **config.unet_kwargs
         )
-    loader = DataLoader(
-        dataset, batch_size=config.batch_size, num_workers=config.num_workers, collate_fn=_collate
-    )
-
-    global_step, micro_step = 0, 0
-    if config.resume:
-        checkpoint = find_checkpoint(run_dir, config.resume)
-        if checkpoint is not None:
-            accelerator.load_state(str(checkpoint))
-            state = json.loads((checkpoint / TRAINER_STATE).read_text())
-            global_step, micro_step = int(state["step"]), int(state["micro_step"])
-            if ema is not None:
-                _load_ema(ema, checkpoint, int(state.get("ema_step", 0)))
-            if main:
-                logger.info("resumed from %s at step %d", checkpoint, global_step)
-        elif main:
-            logger.info("resume=latest: no checkpoint in %s, starting from scratch", run_dir)
-
-    def batches() -> Iterator[tuple[int, dict[str, Any]]]:
-        epoch = micro_step // batches_per_epoch
-        skip = micro_step % batches_per_epoch
-        while True:
-            dataset.set_epoch(epoch)
-            for i, batch in enumerate(_exact_batches(loader, config.batch_size)):
-                if i >= batches_per_epoch:
-                    break
-                if i < skip:
-                    continue
-                yield epoch, batch
-            skip = 0
-            epoch += 1
-
-    def decode(latents: torch.Tensor) -> torch.Tensor:
-        return vae.decode(latents / vae.config.scaling_factor).sample
-
-    fixed_y, fixed_s = _fixed_conditions(config.data, config.sample_count)
-
-    def export(target: Path) -> ID3Pipeline:
-        """Build the pipeline with EMA weights (restored afterwards unless exporting at the end)."""
-        pipe = ID3Pipeline(
-            unet=accelerator.unwrap_model(unet),
-            scheduler=DDPMScheduler.from_config(noise_scheduler.config),
-            condition_encoder=accelerator.unwrap_model(condition_encoder),
-            vae=vae,
-            identity_encoder_spec=config.identity_encoder,
+        condition_encoder = ID3ConditionEncoder(
+            embedding_dim=embedding_dim,
+            num_attributes=4 if config.use_attributes else 0,
+            hidden_dims=tuple(config.hidden_dims),
+            cross_attention_dim=config.cross_attention_dim,
+            num_tokens=config.num_tokens,
+            activation=config.activation,
+            condition_dropout=config.condition_dropout,
         )
-        pipe.save_pretrained(str(target))
-        return pipe
-
-    def sample_grid(step: int) -> None:
-        pipe = ID3Pipeline(
-            unet=accelerator.unwrap_model(unet),
-            scheduler=DDIMScheduler.from_config(noise_scheduler.config),
-            condition_encoder=accelerator.unwrap_model(condition_encoder),
-            vae=vae,
+        noise_scheduler = DDPMScheduler(
+            num_train_timesteps=config.num_train_timesteps,
+            beta_schedule=config.beta_schedule,
+            clip_sample=vae is None,
         )
-        pipe.set_progress_bar_config(disable=True)
-        images = pipe(
-            fixed_y.to(device),
-            fixed_s,
-            num_inference_steps=config.sample_steps,
-            generator=torch.Generator().manual_seed(config.seed),
-            output_type="np",
-        ).images
-        save_grid(images, run_dir / "samples" / f"step-{step:08d}.png")
+        alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+        params = list(unet.parameters()) + list(condition_encoder.parameters())
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        lr_scheduler = get_scheduler(  # accelerate steps a prepared scheduler once per process
+            config.lr_scheduler,
+            optimizer,
+            num_warmup_steps=config.effective_warmup_steps() * run.world,
+            num_training_steps=config.max_steps * run.world,
+        )
+        unet, condition_encoder, optimizer, lr_scheduler = accelerator.prepare(
+            unet, condition_encoder, optimizer, lr_scheduler
+        )
+        emas = _make_emas(config, accelerator, unet, condition_encoder)
+        run.register_hooks(
+            save=functools.partial(_save_models, accelerator, emas),
+            load=functools.partial(_load_models, accelerator, emas),
+        )
 
-    csv_path = run_dir / "train_log.csv"
-    if main and not csv_path.is_file():
-        with csv_path.open("w", newline="") as handle:
-            csv.writer(handle).writerow(LOG_FIELDS)
-    unet.train()
-    condition_encoder.train()
-    progress = tqdm(
-        total=config.max_steps, initial=global_step, disable=not (main and config.progress), desc="train ID3"
-    )
-    totals = {"filled": 0, "renormalised": 0}
-    window: dict[str, float] = {}
-    window_count, images_seen, started = 0, 0, time.perf_counter()
-    last_terms: dict[str, float] = {}
-    rank = accelerator.process_index
-    data = batches()
-    while global_step < config.max_steps:
-        epoch, batch = next(data)
-        gen = torch.Generator().manual_seed((config.seed * 1_000_003 + micro_step) * 1009 + rank)
-        micro_step += 1
-        totals["filled"] += batch["filled"]
-        totals["renormalised"] += batch["renormalised"]
-        images = batch["image"].to(device)
-        if images.shape[-1] != config.image_size:
-            images = F.interpolate(
-                images, size=(config.image_size, config.image_size), mode="bilinear", antialias=True
+        dataset = ShardDataset(
+            config.data,
+            rank=rank,
+            world_size=run.world,
+            shuffle=True,
+            seed=config.seed,
+            buffer_size=config.buffer_size,
+            columns=["embedding", "attributes"],
+        )
+        batches_per_epoch = len(dataset) // config.batch_size
+        if batches_per_epoch == 0:
+            raise ShardError(
+                f"{config.data}: {len(dataset)} rows per process is fewer than one batch of {config.batch_size}"
             )
-        y = batch["embedding"].to(device)
-        s = normalize_attributes(batch["attributes"], check=False).to(device)
-        with accelerator.accumulate(unet, condition_encoder), accelerator.autocast():
-            if vae is not None:
-                with torch.no_grad():
-                    posterior = vae.encode(images.to(vae.dtype)).latent_dist
-                    eps_vae = torch.randn(posterior.mean.shape, generator=gen).to(
-                        device, posterior.mean.dtype
-                    )
-                    clean = (posterior.mean + posterior.std * eps_vae) * vae.config.scaling_factor
-            else:
-                clean = images
-            noise = torch.randn(clean.shape, generator=gen).to(device)
-            timesteps = torch.randint(0, config.num_train_timesteps, (clean.shape[0],), generator=gen).to(
-                device
+        loader = DataLoader(
+            dataset, batch_size=config.batch_size, num_workers=config.num_workers, collate_fn=_collate
+        )
+
+        global_step, micro_step = 0, 0
+        resumed = run.resume(config.resume)
+        if resumed is not None:
+            global_step, micro_step = int(resumed["step"]), int(resumed["micro_step"])
+        start_step = global_step
+
+        def batches() -> Iterator[tuple[int, dict[str, Any]]]:
+            epoch, skip = divmod(micro_step, batches_per_epoch)
+            while True:
+                dataset.set_epoch(epoch)
+                for i, batch in enumerate(exact_batches(loader, config.batch_size)):
+                    if i >= batches_per_epoch:
+                        break
+                    if i >= skip:
+                        yield epoch, batch
+                skip, epoch = 0, epoch + 1
+
+        def decode(latents: torch.Tensor) -> torch.Tensor:
+            return vae.decode(latents / vae.config.scaling_factor).sample
+
+        fixed_y, fixed_s = _fixed_conditions(config.data, config.sample_count)
+
+        def pipeline(scheduler: Any) -> ID3Pipeline:
+            return ID3Pipeline(
+                unet=accelerator.unwrap_model(unet),
+                scheduler=scheduler.from_config(noise_scheduler.config),
+                condition_encoder=accelerator.unwrap_model(condition_encoder),
+                vae=vae,
+                identity_encoder_spec=config.identity_encoder,
             )
-            drop = condition_encoder_module(condition_encoder).sample_drop_mask(clean.shape[0], gen)
-            if drop is None:
-                drop = torch.zeros(clean.shape[0], dtype=torch.bool)
-            drop = drop.to(device)
-            noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-            tokens = condition_encoder(y, s if config.use_attributes else None, drop)
-            noise_pred = unet(noisy, timesteps, encoder_hidden_states=tokens).sample
-            terms = id3_loss(
-                config.loss,
-                noise_pred=noise_pred,
-                noise=noise,
-                noisy=noisy,
-                clean=clean,
-                timesteps=timesteps,
-                alphas_cumprod=alphas_cumprod,
-                identity_embeddings=y,
-                identity_encoder=identity_encoder if config.loss.lambda_id != 0 else None,
-                decode=decode if vae is not None else None,
-                id_mask=~drop,
-            )
-            if not torch.isfinite(terms["loss"]):
-                raise FacesynthError(f"train-generator: non-finite loss at step {global_step} ({terms})")
-            accelerator.backward(terms["loss"])
-            if accelerator.sync_gradients and config.grad_clip > 0:
-                accelerator.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        for key, value in terms.items():
-            window[key] = window.get(key, 0.0) + float(value.detach())
-        window_count += 1
-        images_seen += clean.shape[0]
-        if not accelerator.sync_gradients:
-            continue
-        if ema is not None:
-            ema.step(params)
-        global_step += 1
-        progress.update(1)
-        if global_step % config.log_every == 0 or global_step == config.max_steps:
-            last_terms = {k: v / window_count for k, v in window.items()}
-            rate = images_seen * accelerator.num_processes / max(1e-9, time.perf_counter() - started)
-            if main:
-                row = {"step": global_step, "epoch": epoch, "lr": lr_scheduler.get_last_lr()[0], **last_terms}
-                row["images_per_s"] = rate
-                with csv_path.open("a", newline="") as handle:
-                    csv.DictWriter(handle, fieldnames=LOG_FIELDS, extrasaction="ignore").writerow(row)
+
+        def sample_grid(step: int) -> None:  # main process only, EMA weights swapped in
+            pipe = pipeline(DDIMScheduler)
+            pipe.set_progress_bar_config(disable=True)
+            images = pipe(
+                fixed_y.to(device),
+                fixed_s,
+                num_inference_steps=config.sample_steps,
+                generator=torch.Generator().manual_seed(config.seed),
+                output_type="np",
+            ).images
+            save_grid(images, run.run_dir / "samples" / f"step-{step:08d}.png")
+
+        unet.train()
+        condition_encoder.train()
+        progress = tqdm(
+            total=config.max_steps,
+            initial=global_step,
+            disable=not (run.is_main and config.progress),
+            desc="train ID3",
+        )
+        totals = {"filled": 0, "renormalised": 0}
+        window: dict[str, float] = {}
+        window_count, meter, last_terms = 0, Throughput(), dict(resumed.get("terms", {}) if resumed else {})
+        data = batches()
+        while global_step < config.max_steps:
+            epoch, batch = next(data)
+            gen = torch.Generator().manual_seed((config.seed * 1_000_003 + micro_step) * 1009 + rank)
+            micro_step += 1
+            totals["filled"] += int(batch["filled"].sum())
+            totals["renormalised"] += int(batch["renormalised"].sum())
+            images = batch["image"].to(device)
+            if images.shape[-1] != config.image_size:
+                size = (config.image_size, config.image_size)
+                images = F.interpolate(images, size=size, mode="bilinear", antialias=True)
+            y = batch["embedding"].to(device)
+            s = normalize_attributes(batch["attributes"], check=False).to(device)
+            with accelerator.accumulate(unet, condition_encoder), accelerator.autocast():
+                if vae is not None:
+                    with torch.no_grad():
+                        posterior = vae.encode(images.to(vae.dtype)).latent_dist
+                        eps_vae = torch.randn(posterior.mean.shape, generator=gen).to(
+                            device, posterior.mean.dtype
+                        )
+                        clean = (posterior.mean + posterior.std * eps_vae) * vae.config.scaling_factor
+                else:
+                    clean = images
+                noise = torch.randn(clean.shape, generator=gen).to(device)
+                timesteps = torch.randint(0, config.num_train_timesteps, (clean.shape[0],), generator=gen)
+                timesteps = timesteps.to(device)
+                drop = condition_encoder_module(condition_encoder).sample_drop_mask(clean.shape[0], gen)
+                drop = (torch.zeros(clean.shape[0], dtype=torch.bool) if drop is None else drop).to(device)
+                noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+                tokens = condition_encoder(y, s if config.use_attributes else None, drop)
+                noise_pred = unet(noisy, timesteps, encoder_hidden_states=tokens).sample
+                terms = id3_loss(
+                    config.loss,
+                    noise_pred=noise_pred,
+                    noise=noise,
+                    noisy=noisy,
+                    clean=clean,
+                    timesteps=timesteps,
+                    alphas_cumprod=alphas_cumprod,
+                    identity_embeddings=y,
+                    identity_encoder=identity_encoder if config.loss.lambda_id != 0 else None,
+                    decode=decode if vae is not None else None,
+                    id_mask=~drop,
+                )
+                if not torch.isfinite(terms["loss"]):
+                    raise FacesynthError(f"train-generator: non-finite loss at step {global_step} ({terms})")
+                accelerator.backward(terms["loss"])
+                if accelerator.sync_gradients and config.grad_clip > 0:
+                    accelerator.clip_grad_norm_(params, config.grad_clip)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            for key, value in terms.items():  # averaged over every micro-batch of the log window
+                window[key] = window.get(key, 0.0) + float(value.detach())
+            window_count += 1
+            meter.add(clean.shape[0] * run.world)
+            if not accelerator.sync_gradients:
+                continue
+            for name, ema in emas.items():
+                ema.step(_module(accelerator, unet, condition_encoder, name).parameters())
+            global_step += 1
+            progress.update(1)
+            if global_step % config.log_every == 0 or global_step == config.max_steps:
+                last_terms = {k: v / window_count for k, v in window.items()}
+                row = {"epoch": epoch, "lr": lr_scheduler.get_last_lr()[0], **last_terms}
+                run.log({**row, "images_per_s": meter.window_rate()}, global_step)
                 progress.set_postfix(loss=f"{last_terms['loss']:.4f}", id_cos=f"{last_terms['id_cos']:.3f}")
                 logger.info(
                     "step %d loss %.5f eps %.5f rec %.5f id_cos %.4f",
-                    global_step,
-                    last_terms["loss"],
-                    last_terms["eps_mse"],
-                    last_terms["rec_mse"],
+                    *(global_step, last_terms["loss"], last_terms["eps_mse"], last_terms["rec_mse"]),
                     last_terms["id_cos"],
                 )
-            window, window_count = {}, 0
-        if config.checkpoint_every and global_step % config.checkpoint_every == 0:
-            _save_checkpoint(accelerator, run_dir, global_step, micro_step, config.keep_checkpoints, ema)
-        if main and config.sample_every and global_step % config.sample_every == 0:
-            with _ema_weights(ema, params):
-                sample_grid(global_step)
-    progress.close()
-    rate = images_seen * accelerator.num_processes / max(1e-9, time.perf_counter() - started)
-    accelerator.wait_for_everyone()
-    pipeline_dir = run_dir / "pipeline"
-    if main:
-        if config.checkpoint_every == 0 or global_step % config.checkpoint_every:
-            _save_checkpoint(accelerator, run_dir, global_step, micro_step, config.keep_checkpoints, ema)
-        with _ema_weights(ema, params):
-            if not config.sample_every or global_step % config.sample_every:
-                sample_grid(global_step)
-            export(pipeline_dir)
+                window, window_count = {}, 0
+            with meter.paused():
+                if config.checkpoint_every and global_step % config.checkpoint_every == 0:
+                    run.save_checkpoint(global_step, {"micro_step": micro_step, "terms": last_terms})
+                if run.is_main and config.sample_every and global_step % config.sample_every == 0:
+                    with _ema_weights(accelerator, emas, unet, condition_encoder):
+                        sample_grid(global_step)
+        progress.close()
+
+        # the end: every process saves the last checkpoint (a collective); the main one exports
+        trained = global_step > start_step
+        rate = meter.total_rate()
+        if trained and (config.checkpoint_every == 0 or global_step % config.checkpoint_every):
+            run.save_checkpoint(global_step, {"micro_step": micro_step, "terms": last_terms})
+        pipeline_dir = run.run_dir / "pipeline"
+        if run.is_main:
+            with _ema_weights(accelerator, emas, unet, condition_encoder):
+                if trained and (not config.sample_every or global_step % config.sample_every):
+                    sample_grid(global_step)
+                pipeline(DDPMScheduler).save_pretrained(str(pipeline_dir))
+        run.barrier()
         if totals["filled"]:
             logger.info(
                 "attributes: %d values were missing in the shards and set to neutral values", totals["filled"]
@@ -549,18 +481,65 @@ def train_id3(config: ID3TrainConfig, identity_encoder: Any | None = None) -> ID
             logger.info(
                 "embeddings: %d rows were not unit-norm and were L2-normalised", totals["renormalised"]
             )
-        logger.info("wrote %s after %d steps", pipeline_dir, global_step)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return ID3TrainResult(
-        run_dir=run_dir,
-        pipeline_dir=pipeline_dir,
-        steps=global_step,
-        last_terms=last_terms,
-        images_per_second=rate,
-        filled_attributes=totals["filled"],
-        renormalised_embeddings=totals["renormalised"],
-    )
+        if trained:
+            logger.info("wrote %s after %d steps (%.1f images/s)", pipeline_dir, global_step, rate)
+        else:
+            logger.info(
+                "already finished at step %d (max_steps %d); wrote %s again",
+                global_step,
+                config.max_steps,
+                pipeline_dir,
+            )
+        return ID3TrainResult(
+            run_dir=run.run_dir,
+            pipeline_dir=pipeline_dir,
+            steps=global_step,
+            last_terms=last_terms,
+            images_per_second=rate,
+            filled_attributes=totals["filled"],
+            renormalised_embeddings=totals["renormalised"],
+        )
+
+
+def _identity_encoder(config: ID3TrainConfig, encoder: Any | None, embedding_dim: int, device: Any) -> Any:
+    """The frozen encoder of the identity term (None when the term is off), checked against the data."""
+    if config.loss.lambda_id == 0:
+        return encoder
+    if encoder is None:
+        if config.identity_encoder is None:
+            raise ConfigError(
+                "train-generator: loss.lambda_id != 0 needs identity_encoder (a torch:PATH spec), "
+                "or set loss.lambda_id=0 for a model without the identity term"
+            )
+        from facesynth.recognizers.encoders import load_encoder
+
+        encoder = load_encoder(config.identity_encoder, device=device)
+    require_differentiable(encoder, "the identity loss term")
+    enc_dim = getattr(encoder, "embedding_dim", embedding_dim)
+    if enc_dim != embedding_dim:
+        raise ConfigError(
+            f"train-generator: identity encoder gives {enc_dim}-d embeddings but the data's embedding "
+            f"column is {embedding_dim}-d; they must come from the same encoder"
+        )
+    model = getattr(encoder, "model", encoder)
+    if isinstance(model, torch.nn.Module):
+        model.requires_grad_(False).eval().to(device)
+    return encoder
+
+
+def _load_vae(config: ID3TrainConfig, device: Any) -> tuple[Any | None, int, int]:
+    """(vae or None, sample size, channels): latent mode when ``config.vae`` is set, else pixels."""
+    if config.vae is None:
+        return None, config.image_size, 3
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(config.vae).requires_grad_(False).eval().to(device)
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    if config.image_size % scale:
+        raise ConfigError(
+            f"train-generator: image_size {config.image_size} not divisible by VAE factor {scale}"
+        )
+    return vae, config.image_size // scale, int(vae.config.latent_channels)
 
 
 def condition_encoder_module(module: Any) -> ID3ConditionEncoder:
@@ -568,53 +547,100 @@ def condition_encoder_module(module: Any) -> ID3ConditionEncoder:
     return getattr(module, "module", module)
 
 
-class _ema_weights:  # noqa: N801 - used as a context manager
-    """Temporarily swap the EMA weights into the live parameters."""
-
-    def __init__(self, ema: Any | None, params: list[torch.nn.Parameter]):
-        self.ema, self.params = ema, params
-
-    def __enter__(self) -> None:
-        if self.ema is not None:
-            self.ema.store(self.params)
-            self.ema.copy_to(self.params)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.ema is not None:
-            self.ema.restore(self.params)
+# ------------------------------------------------------------------------------------------ EMA + checkpoints
+def _module(accelerator: Any, unet: Any, condition_encoder: Any, name: str) -> torch.nn.Module:
+    return accelerator.unwrap_model(unet if name == "unet" else condition_encoder)
 
 
-def _save_checkpoint(
-    accelerator: Any, run_dir: Path, step: int, micro_step: int, keep: int, ema: Any | None
-) -> None:
-    """accelerate state (+ EMA weights as safetensors) into checkpoint-STEP; trainer_state.json last."""
-    from safetensors.torch import save_file
+def _make_emas(config: ID3TrainConfig, accelerator: Any, unet: Any, condition_encoder: Any) -> dict[str, Any]:
+    """One ``EMAModel`` per trained model (so each saves with ``save_pretrained``), or none."""
+    if not config.use_ema:
+        return {}
+    from diffusers.training_utils import EMAModel
 
-    path = run_dir / "checkpoints" / f"checkpoint-{step:08d}"
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process:
-        state = {"step": step, "micro_step": micro_step}
-        if ema is not None:
-            tensors = {f"shadow.{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}
-            save_file(tensors, str(path / EMA_FILE))
-            state["ema_step"] = int(ema.optimization_step)
-        tmp = path / (TRAINER_STATE + ".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(path / TRAINER_STATE)
-        prune_checkpoints(run_dir / "checkpoints", keep)
-    accelerator.wait_for_everyone()
+    emas = {}
+    for name in ("unet", "condition_encoder"):
+        model = _module(accelerator, unet, condition_encoder, name)
+        ema = EMAModel(
+            model.parameters(),
+            decay=config.ema_decay,
+            use_ema_warmup=True,
+            inv_gamma=1.0,
+            power=3 / 4,
+            model_cls=type(model),
+            model_config=model.config,
+        )
+        ema.to(accelerator.device)
+        emas[name] = ema
+    return emas
 
 
-def _load_ema(ema: Any, checkpoint: Path, ema_step: int) -> None:
-    """Restore EMA shadow weights saved by :func:`_save_checkpoint` (safetensors, no pickle)."""
+def _save_models(accelerator: Any, emas: dict[str, Any], models: list, weights: list, folder: str) -> None:
+    """accelerate save pre-hook: models and EMA weights with ``save_pretrained`` (diffusers' examples)."""
+    if not accelerator.is_main_process:
+        return
+    for name, ema in emas.items():
+        ema.save_pretrained(str(Path(folder) / f"{name}_ema"))
+    for model in models:
+        model = accelerator.unwrap_model(model)
+        model.save_pretrained(str(Path(folder) / _subfolder(model)))
+        weights.pop()
+
+
+def _load_models(accelerator: Any, emas: dict[str, Any], models: list, folder: str) -> None:
+    """accelerate load pre-hook (every process); checkpoints written before this layout still load."""
+    from diffusers.training_utils import EMAModel
+
+    folder = Path(folder)
+    for name, ema in emas.items():
+        path = folder / f"{name}_ema"
+        if path.is_dir():
+            loaded = EMAModel.from_pretrained(str(path), model_cls=ema.model_cls)
+            ema.load_state_dict(loaded.state_dict())
+            ema.to(accelerator.device)
+    if emas and not (folder / "unet_ema").is_dir():
+        _load_legacy_ema(emas, folder)
+    if not (folder / "unet").is_dir():
+        return  # older checkpoint: accelerate loads model.safetensors / model_1.safetensors
+    while models:
+        model = accelerator.unwrap_model(models.pop())
+        loaded = type(model).from_pretrained(str(folder), subfolder=_subfolder(model))
+        model.load_state_dict(loaded.state_dict())
+
+
+def _subfolder(model: Any) -> str:
+    return "condition_encoder" if isinstance(model, ID3ConditionEncoder) else "unet"
+
+
+def _load_legacy_ema(emas: dict[str, Any], folder: Path) -> None:
+    """EMA weights of checkpoints written before ``save_pretrained`` (``ema.safetensors``, one list)."""
     from safetensors.torch import load_file
 
-    file = checkpoint / EMA_FILE
+    file = folder / LEGACY_EMA_FILE
     if not file.is_file():
-        raise FacesynthError(f"{checkpoint}: {EMA_FILE} is missing (checkpoint written without EMA?)")
+        raise FacesynthError(f"{folder}: no EMA weights (checkpoint written without EMA? set use_ema=false)")
     tensors = load_file(str(file))
-    if len(tensors) != len(ema.shadow_params):
-        raise FacesynthError(f"{file}: {len(tensors)} EMA tensors for a model with {len(ema.shadow_params)}")
-    for i, param in enumerate(ema.shadow_params):
+    shadows = [p for ema in emas.values() for p in ema.shadow_params]
+    if len(tensors) != len(shadows):
+        raise FacesynthError(f"{file}: {len(tensors)} EMA tensors for a model with {len(shadows)}")
+    for i, param in enumerate(shadows):
         param.data.copy_(tensors[f"shadow.{i}"].to(param.device))
-    ema.optimization_step = ema_step
+    step = json.loads((folder / TRAINER_STATE).read_text()).get("ema_step", 0)
+    for ema in emas.values():
+        ema.optimization_step = int(step)
+
+
+class _ema_weights:  # noqa: N801 - used as a context manager
+    """Temporarily swap the EMA weights into the live models (samples and the exported pipeline)."""
+
+    def __init__(self, accelerator: Any, emas: dict[str, Any], unet: Any, condition_encoder: Any):
+        self.pairs = [(ema, _module(accelerator, unet, condition_encoder, n)) for n, ema in emas.items()]
+
+    def __enter__(self) -> None:
+        for ema, model in self.pairs:
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+
+    def __exit__(self, *exc: Any) -> None:
+        for ema, model in self.pairs:
+            ema.restore(model.parameters())

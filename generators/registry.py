@@ -65,6 +65,7 @@ _REGISTRY: dict[str, type[FaceGenerator]] = {}
 _BUILTIN_MODULES = {
     "parametric": "facesynth.generators.parametric_renderer",
     "id3": "facesynth.generators.id3_generator",
+    "arc2face": "facesynth.generators.arc2face_generator",
 }
 
 

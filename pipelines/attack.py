@@ -57,7 +57,7 @@ class AttackStageConfig(StageConfig):
     ridge_pool: int = Field(default=4, ge=1)
     far: float = Field(default=1e-3, gt=0, lt=1)
     seed: int = 0
-    device: str = "cpu"
+    device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda, cuda:K")
     progress: bool = True
 
 
@@ -200,6 +200,8 @@ def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
     from facesynth.privacy.attacks import run_attack
 
     start = time.perf_counter()
+    if config.device == "auto":
+        config = config.model_copy(update={"device": "cuda" if torch.cuda.is_available() else "cpu"})
     out = Path(config.output_dir)
     torch.manual_seed(config.seed)
     if config.victims:

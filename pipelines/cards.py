@@ -35,6 +35,10 @@ RECIPE_FILES = (
     "recipe.yaml",
 )
 BENCHMARK_FILES = ("benchmarks.json", "bench.json", "benchmark.json")
+# run facts in a bench report that are not metrics of the model
+NOT_METRICS = ("source", "seconds", "flip", "model", "threshold", "thresholds")
+# where `facesynth bench` and the runner put their reports inside a model folder (first found wins)
+BENCHMARK_SUBFOLDERS = ("bench", "benchmarks", "eval")
 BACKBONE_CONFIG = "backbone_config.json"
 
 FolderKind = Literal["dataset", "model"]
@@ -70,6 +74,7 @@ def dataset_card_facts(
     license: str | None = None,
     source_datasets: Sequence[str] = (),
     tags: Sequence[str] = (),
+    encoder_license: str | None = None,
 ):
     """The :class:`~facesynth.data_cards.dataset_card.DatasetCardFacts` of a shard folder."""
     from datasets import Features
@@ -128,11 +133,32 @@ def dataset_card_facts(
         figures=figures,
         source_datasets=list(source_datasets),
         tags=list(tags),
+        encoder_license=encoder_license,
     )
 
 
+def _metric_columns(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """One benchmark's scalar metrics as table columns: ``tar_at_far`` becomes ``TAR@FAR=x`` columns,
+    nested mappings of scalars become ``key sub`` columns, ROC arrays and other lists are left out."""
+    columns: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key in NOT_METRICS:
+            continue
+        if key == "tar_at_far" and isinstance(value, Mapping):
+            for far, item in value.items():
+                columns[f"TAR@FAR={far}"] = item.get("tar") if isinstance(item, Mapping) else item
+        elif isinstance(value, Mapping):
+            for sub, item in value.items():
+                if isinstance(item, int | float | str | bool) or item is None:
+                    columns[f"{key} {sub}"] = item
+        elif isinstance(value, int | float | str | bool) or value is None:
+            columns[key] = value
+    return columns
+
+
 def _benchmarks_from(data: Any, source: Path) -> dict[str, dict[str, Any]]:
-    """Accept ``{bench: {metric: value}}`` or a list of ``{"benchmark"/"name": bench, metric: value}``."""
+    """Accept ``{bench: {metric: value}}``, a list of ``{"benchmark"/"name": bench, metric: value}``
+    or ``facesynth bench``'s ``bench.json``; every value in the result is a scalar."""
     if isinstance(data, Mapping) and "benchmarks" in data:
         data = data["benchmarks"]
     if isinstance(data, Mapping):
@@ -140,7 +166,7 @@ def _benchmarks_from(data: Any, source: Path) -> dict[str, dict[str, Any]]:
         for bench, metrics in data.items():
             if not isinstance(metrics, Mapping):
                 raise FacesynthError(f"{source}: benchmark {bench!r} must map metric names to values")
-            out[str(bench)] = dict(metrics)
+            out[str(bench)] = _metric_columns(metrics)
         return out
     if isinstance(data, list):
         out = {}
@@ -148,9 +174,18 @@ def _benchmarks_from(data: Any, source: Path) -> dict[str, dict[str, Any]]:
             if not isinstance(item, Mapping) or not ({"benchmark", "name"} & set(item)):
                 raise FacesynthError(f"{source}: each benchmark entry needs a 'benchmark' or 'name' field")
             name = str(item.get("benchmark", item.get("name")))
-            out[name] = {k: v for k, v in item.items() if k not in ("benchmark", "name")}
+            out[name] = _metric_columns({k: v for k, v in item.items() if k not in ("benchmark", "name")})
         return out
     raise FacesynthError(f"{source}: benchmarks must be a mapping or a list, got {type(data).__name__}")
+
+
+def find_benchmark_files(folder: Path) -> list[Path]:
+    """Benchmark results of a model folder: in the folder itself, else in its ``bench/``-like subfolders."""
+    for place in (folder, *(folder / sub for sub in BENCHMARK_SUBFOLDERS)):
+        found = [place / name for name in BENCHMARK_FILES if (place / name).is_file()]
+        if found:
+            return found[:1]
+    return sorted(p for p in folder.glob("*/bench.json") if p.is_file())
 
 
 def model_card_facts(
@@ -179,12 +214,18 @@ def model_card_facts(
         recipe = load_config_file(recipe_path)
     elif backbone:
         recipe = {"backbone": backbone}
-    bench_path = (
-        Path(benchmarks_file)
-        if benchmarks_file
-        else next((folder / n for n in BENCHMARK_FILES if (folder / n).is_file()), None)
-    )
-    benchmarks = _benchmarks_from(_read_json(bench_path), bench_path) if bench_path is not None else {}
+    bench_paths = [Path(benchmarks_file)] if benchmarks_file else find_benchmark_files(folder)
+    benchmarks: dict[str, dict[str, Any]] = {}
+    for bench_path in bench_paths:
+        benchmarks.update(_benchmarks_from(_read_json(bench_path), bench_path))
+    if not benchmarks:
+        logger.warning(
+            "%s: no benchmark results (looked for %s here and in %s/); run `facesynth bench ... --out %s/bench`",
+            folder,
+            "/".join(BENCHMARK_FILES),
+            "/, ".join(BENCHMARK_SUBFOLDERS),
+            folder,
+        )
     data = list(training_data) or [
         str(d) for d in recipe.get("datasets", recipe.get("data", []) or []) if isinstance(d, str)
     ]
@@ -205,8 +246,22 @@ def model_card_facts(
     )
 
 
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a Hub repo id that the Hub would refuse (``NAMESPACE/NAME``), before anything is written."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+        if "/" not in repo_id:
+            raise HFValidationError("expected NAMESPACE/NAME")
+    except HFValidationError as exc:
+        raise FacesynthError(f"--repo-id {repo_id!r} is not a valid Hub repo id ({exc})") from None
+
+
 def write_card(folder: str | Path, kind: FolderKind | Literal["auto"] = "auto", **options: Any) -> Path:
     """Write ``folder/README.md`` for a dataset or model folder; returns its path."""
+    if options.get("repo_id"):
+        check_repo_id(options["repo_id"])
     from facesynth.data_cards.dataset_card import write_dataset_card
     from facesynth.data_cards.model_card import write_model_card
 

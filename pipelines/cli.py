@@ -1,22 +1,24 @@
 """The ``facesynth`` command line: a thin layer over the stage functions.
 
 Each subcommand is one module in :mod:`facesynth.pipelines.commands` exposing ``HELP`` (one line),
-``DESCRIPTION`` (optional, longer), ``add_arguments(parser)`` and ``run(args) -> int``. Every
-subcommand also takes ``--config FILE``: the file's keys (YAML/TOML/JSON, option names with ``_``)
-become the defaults, and explicit flags win.
+``DESCRIPTION`` (optional, longer), ``add_arguments(parser)`` and ``run(args) -> int``. Commands
+whose flags are generated from their stage config (:mod:`facesynth.core.cli_args`) read ``--config
+FILE`` themselves, spelled like the config's fields; for the others the file's keys (option names with
+``_``) become the defaults. Explicit flags win either way. Only the chosen command's options are
+built, so ``facesynth --help`` and a command's start do not import every stage.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
 from facesynth import __version__
 from facesynth.core.config import load_config_file
 from facesynth.core.errors import ConfigError, FacesynthError
+from facesynth.pipelines.runtime import configure_logging, configure_threads
 
 # name -> module under facesynth.pipelines.commands; order is the order shown in --help.
 COMMANDS: dict[str, str] = {
@@ -40,7 +42,8 @@ def _load_command(module_name: str):
     return importlib.import_module(f"facesynth.pipelines.commands.{module_name}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command`` given only that subcommand's options are built (None: all of them)."""
     parser = argparse.ArgumentParser(
         prog="facesynth",
         description="Synthetic face-recognition datasets: generate, train, benchmark, publish.",
@@ -61,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="YAML/TOML/JSON file whose keys set this command's defaults (flags given here win)",
         )
-        module.add_arguments(sub)
+        if command is None or command == name:
+            module.add_arguments(sub)
         sub.set_defaults(_run=module.run, _parser=sub)
     return parser
 
@@ -82,6 +86,8 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> 
     if command is None or not known.config:
         return
     sub = _subparser(parser, command)
+    if sub.get_default("_cli_spec") is not None:
+        return  # a config-driven command validates its --config file against its stage config
     data = {k.replace("-", "_"): v for k, v in load_config_file(known.config).items()}
     actions = {action.dest: action for action in sub._actions}
     unknown = sorted(k for k in data if k not in actions or k in ("help", "config"))
@@ -94,7 +100,7 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(next((a for a in argv if a in COMMANDS), ""))
     try:
         _apply_config_file(parser, argv)
     except FacesynthError as exc:
@@ -104,12 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("onnx_ir", "onnxscript", "httpx", "urllib3"):  # third-party chatter at INFO
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    configure_logging(args.verbose)
+    configure_threads()
     try:
         return int(args._run(args) or 0)
     except FacesynthError as exc:

@@ -32,7 +32,9 @@ from facesynth.core.accelerator import partial_state
 from facesynth.core.atomic_io import TMP_SUFFIX, config_hash, sha256_file, write_json_atomic
 from facesynth.core.config import StageConfig
 from facesynth.core.errors import FacesynthError, ShardError
+from facesynth.core.locks import check_job_lock, output_lock
 from facesynth.core.manifest import Manifest, ShardRecord, manifest_exists
+from facesynth.core.ownership import written_by_facesynth
 from facesynth.core.shard_format import (
     DATA_DIR,
     ShardRow,
@@ -67,6 +69,10 @@ class GenerateConfig(StageConfig):
     image_format: Literal["png", "jpeg"] = "png"
     batch_size: int | None = Field(default=None, gt=0, description="requests per generator call")
     options: dict[str, Any] = Field(default_factory=dict, description="generator-specific options")
+    allow_non_empty_out: bool = Field(
+        default=False,
+        description="write into an --out folder that already holds files of your own (they are left alone)",
+    )
 
     def identities_per_shard(self) -> int:
         return max(1, self.shard_size // self.per_identity)
@@ -76,7 +82,17 @@ class GenerateConfig(StageConfig):
 
     def dataset_config(self) -> dict[str, Any]:
         """The fields that define the dataset's content (``out`` and ``batch_size`` do not)."""
-        return self.to_json_dict() | {"out": None, "batch_size": None}
+        return self.to_json_dict() | {"out": None, "batch_size": None, "allow_non_empty_out": None}
+
+
+#: Most bytes of per-identity state a generator may be asked to hold (ID3 keeps a 512-d float32 anchor per
+#: identity, plus bookkeeping): 8 GiB, i.e. about 4 million identities.
+MAX_IDENTITY_STATE_BYTES = 8 * 2**30
+IDENTITY_STATE_BYTES = 2048
+#: Most rows one shard may hold: a shard is assembled in memory (about 20 kB per encoded 112x112 PNG).
+MAX_SHARD_ROWS = 100_000
+#: Files and folders the generate stage itself writes in ``--out`` (anything else is the user's).
+OWN_ENTRIES = frozenset({DATA_DIR, STATE_DIR, "facesynth.json", "README.md", "figures"})
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,46 @@ def plan_shards(config: GenerateConfig) -> list[ShardPlan]:
             ShardPlan(index, shard_name(index, count), start, stop, (stop - start) * config.per_identity)
         )
     return plans
+
+
+def check_request_size(config: GenerateConfig) -> None:
+    """Refuse requests whose per-identity state alone would exceed :data:`MAX_IDENTITY_STATE_BYTES`."""
+    need = config.identities * IDENTITY_STATE_BYTES
+    if need > MAX_IDENTITY_STATE_BYTES:
+        raise FacesynthError(
+            f"--identities {config.identities:,}: the generator would hold about {need / 2**30:,.0f} GiB of "
+            f"per-identity state, above the bound of {MAX_IDENTITY_STATE_BYTES / 2**30:.0f} GiB "
+            f"({MAX_IDENTITY_STATE_BYTES // IDENTITY_STATE_BYTES:,} identities); generate in several datasets"
+        )
+    rows = config.identities_per_shard() * config.per_identity
+    if rows > MAX_SHARD_ROWS:
+        raise FacesynthError(
+            f"--per-identity {config.per_identity:,} / --shard-size {config.shard_size:,}: a shard would hold "
+            f"{rows:,} images (about {rows * 20 / 1e6:,.1f} GB in memory while it is written), above the bound "
+            f"of {MAX_SHARD_ROWS:,} images per shard"
+        )
+
+
+def check_output_folder(config: GenerateConfig) -> None:
+    """Refuse an ``--out`` that is a file, or a non-empty folder that is not a facesynth dataset."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise FacesynthError(f"--out {out}: is a file, expected a folder")
+    if not out.is_dir() or config.allow_non_empty_out:
+        return
+    if (out / STATE_DIR / "plan.json").is_file() or manifest_exists(out):
+        return  # our own dataset (finished or being resumed)
+    foreign = sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in OWN_ENTRIES or (p.name == "README.md" and not written_by_facesynth(p))
+    )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise FacesynthError(
+            f"--out {out}: folder is not empty and is not a facesynth dataset (holds {shown}); "
+            "use a new folder, or set allow_non_empty_out (--allow-non-empty-out) to write beside those files"
+        )
 
 
 def _shard_is_complete(out: Path, plan: ShardPlan) -> bool:
@@ -172,12 +228,11 @@ def _prepare_output(config: GenerateConfig, is_main: bool) -> None:
         stale.unlink()  # half-written shards of a crashed run
 
 
-def _requests(config: GenerateConfig, plan: ShardPlan) -> list[SampleRequest]:
-    return [
-        SampleRequest(label=label, index=index, seed=sample_seed(config.seed, label, index))
-        for label in range(plan.label_start, plan.label_stop)
-        for index in range(config.per_identity)
-    ]
+def _requests(config: GenerateConfig, plan: ShardPlan) -> Iterator[SampleRequest]:
+    """The shard's requests, lazily: memory stays at one batch whatever ``per_identity`` is."""
+    for label in range(plan.label_start, plan.label_stop):
+        for index in range(config.per_identity):
+            yield SampleRequest(label=label, index=index, seed=sample_seed(config.seed, label, index))
 
 
 def identity_name(config: GenerateConfig, label: int) -> str:
@@ -248,9 +303,15 @@ class _ShardWriter:
             raise self.error
 
 
-def _batched(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _batched(items, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _generate_shard(
@@ -319,20 +380,45 @@ def generate_dataset(config: GenerateConfig, *, show_progress: bool = True) -> G
     Safe to call again after a crash: complete shards are reused and missing ones are made. Runs
     as one process or under ``accelerate launch`` / ``torchrun`` with one call per process.
     """
-    from tqdm.auto import tqdm
-
     state = partial_state()
     out = config.out
     started = time.perf_counter()
+    # everything that can be wrong with the request is checked before anything is created
+    check_request_size(config)
     plans = plan_shards(config)
+    generator = build_generator(
+        config.generator,
+        num_identities=config.identities,
+        seed=config.seed,
+        device=state.device,
+        **config.options,
+    )
+    check_output_folder(config)
     if manifest_exists(out):
         manifest = Manifest.read(out)
         if manifest.config_hash == config_hash(config.dataset_config()):
             logger.info("%s is already complete (%d rows); nothing to do", out, manifest.num_rows)
             return GenerateResult(out, len(plans), 0, len(plans), 0, 0.0, manifest)
         raise FacesynthError(f"{out}: holds a finished dataset with another config; use a new --out folder")
+    with output_lock(out, "generate", is_main_process=state.is_main_process):
+        return _generate_locked(config, state, plans, generator, started, show_progress)
+
+
+def _generate_locked(
+    config: GenerateConfig,
+    state,
+    plans: list[ShardPlan],
+    generator: FaceGenerator,
+    started: float,
+    show_progress: bool,
+) -> GenerateResult:
+    from tqdm.auto import tqdm
+
+    out = config.out
     _prepare_output(config, state.is_main_process)
     state.wait_for_everyone()
+    if not state.is_main_process:
+        check_job_lock(out)
     if not (out / STATE_DIR / "plan.json").is_file():
         raise FacesynthError(
             f"{out}: output folder was not prepared (is it on a filesystem every process sees?)"
@@ -349,13 +435,6 @@ def generate_dataset(config: GenerateConfig, *, show_progress: bool = True) -> G
             state.num_processes,
         )
 
-    generator = build_generator(
-        config.generator,
-        num_identities=config.identities,
-        seed=config.seed,
-        device=state.device,
-        **config.options,
-    )
     images = 0
     with state.split_between_processes(pending) as my_plans:
         total = sum(p.num_rows for p in my_plans)

@@ -38,6 +38,7 @@ from pydantic import Field
 from facesynth.core.atomic_io import config_hash, sha256_file, write_json_atomic
 from facesynth.core.config import StageConfig
 from facesynth.core.errors import FacesynthError
+from facesynth.core.locks import output_lock
 from facesynth.core.manifest import MANIFEST_NAME, Manifest, ShardRecord
 from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 
@@ -255,12 +256,6 @@ def _batched(items: list, size: int) -> Iterator[list]:
 
 def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
     """Run the ingest stage (see the module docstring)."""
-    from tqdm.auto import tqdm
-
-    from facesynth.recognizers.alignment import build_aligner
-    from facesynth.recognizers.encoders import load_encoder
-    from facesynth.recognizers.face_attributes import FaceAttributeEstimator
-
     start_time = time.perf_counter()
     out = Path(config.out)
     digest = config_hash(config.content_config())
@@ -275,11 +270,30 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
             f"{out}: holds a dataset made with other settings (config hash {manifest.config_hash}); "
             "choose another --out or delete it"
         )
-    if any((out / "data").glob("*.parquet")):
-        raise FacesynthError(
-            f"{out}: has shards but no {MANIFEST_NAME} (an unfinished or foreign dataset); "
-            "delete its data/ folder or choose another --out"
-        )
+    if out.exists() and not out.is_dir():
+        raise FacesynthError(f"--out {out}: is a file, expected a folder")
+    with output_lock(out, "ingest"):
+        finish = _read_finish(out / STAGING, digest)
+        if finish is not None:  # killed while finishing: complete the recorded moves, report and manifest
+            logger.info("%s: completing the finish step of an interrupted ingest", out)
+            return _finish(out, finish, start_time)
+        if any((out / "data").glob("*.parquet")):
+            raise FacesynthError(
+                f"{out}: has shards but no {MANIFEST_NAME} (an unfinished or foreign dataset); "
+                "delete its data/ folder or choose another --out"
+            )
+        return _ingest_locked(config, out, digest, start_time, show_progress)
+
+
+def _ingest_locked(
+    config: IngestConfig, out: Path, digest: str, start_time: float, show_progress: bool
+) -> IngestResult:
+    from tqdm.auto import tqdm
+
+    from facesynth.recognizers.alignment import build_aligner
+    from facesynth.recognizers.encoders import load_encoder
+    from facesynth.recognizers.face_attributes import FaceAttributeEstimator
+
     identities = list_source(config)
     aligner = build_aligner(config.aligner, device=config.device, none_mode=config.none_mode)
     encoder = load_encoder(config.encoder, device=config.device) if config.encoder else None
@@ -367,31 +381,29 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
     progress.close()
     if reused:
         logger.info("ingest: reused %d of %d staged shard(s) from an interrupted run", reused, len(groups))
-    records: list[ShardRecord] = []
-    for index, (part, info) in enumerate(staged):  # a rename keeps the bytes: the staged checksum holds
-        name = shard_name(index, len(staged))
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(part, out / name)
-        records.append(
-            ShardRecord(name, info["label_start"], info["label_stop"], info["rows"], info["sha256"])
-        )
-    if staging.exists():
-        shutil.rmtree(staging)
+    moves = [
+        {
+            "part": part.name,
+            "file": shard_name(index, len(staged)),
+            **{k: info[k] for k in ("label_start", "label_stop", "rows", "sha256")},
+        }
+        for index, (part, info) in enumerate(staged)
+    ]
     report = {
-        "source": str(config.source),
+        "source": Path(config.source).name,  # no local paths in what may be published
         "num_listed": total,
-        "num_written": sum(r.num_rows for r in records),
+        "num_written": sum(m["rows"] for m in moves),
         "num_skipped": len(skipped),
         "num_identities": next_label,
         "skip_reasons": _count_reasons(skipped),
-        "skipped": skipped,
+        "skipped": [_public_skip(item, Path(config.source)) for item in skipped],
     }
-    write_json_atomic(out / REPORT_NAME, report)
     if next_label == 0:
+        write_json_atomic(out / REPORT_NAME, report)
         raise FacesynthError(
             f"{config.source}: no usable image (all {total} skipped; see {out / REPORT_NAME})"
         )
-    Manifest(
+    manifest = Manifest(
         num_rows=report["num_written"],
         num_identities=next_label,
         embedding_dim=dim,
@@ -403,17 +415,84 @@ def ingest(config: IngestConfig, show_progress: bool = True) -> IngestResult:
             "encoder": encoder.description if encoder is not None else None,
             "config": config.content_config(),
         },
-        shards=records,
-    ).write(out)
+        shards=[],
+    )
+    finish = {"config_hash": digest, "moves": moves, "report": report, "manifest": manifest.to_dict()}
+    # recorded before the first move: a run killed from here on is completed by the next one
+    write_json_atomic(staging / FINISH_NAME, finish)
+    return _finish(out, finish, start_time, skipped=skipped)
+
+
+FINISH_NAME = "finish.json"
+
+
+def _public_skip(item: dict[str, str], source: Path) -> dict[str, str]:
+    """A skipped item named relative to the source folder (reasons keep no absolute paths either)."""
+    where = item["item"]
+    prefix = str(source).rstrip("/") + "/"
+    return {
+        "item": where[len(prefix) :] if where.startswith(prefix) else where,
+        "reason": item["reason"].replace(prefix, ""),
+    }
+
+
+def _read_finish(staging: Path, digest: str) -> dict[str, Any] | None:
+    try:
+        finish = json.loads((staging / FINISH_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return finish if isinstance(finish, dict) and finish.get("config_hash") == digest else None
+
+
+def _finish(
+    out: Path,
+    finish: dict[str, Any],
+    start_time: float,
+    reused: bool = False,
+    skipped: list[dict[str, str]] | None = None,
+) -> IngestResult:
+    """Move the staged shards into data/, write the report, then the manifest. Every step can be
+    redone, so a run killed anywhere in here is completed by the next one."""
+    staging = out / STAGING
+    records: list[ShardRecord] = []
+    for move in finish["moves"]:
+        part, final = staging / move["part"], out / move["file"]
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if part.is_file():  # a rename keeps the bytes: the staged checksum holds
+            os.replace(part, final)
+        if not final.is_file() or sha256_file(final) != move["sha256"]:
+            raise FacesynthError(
+                f"{final}: staged shard missing or changed while finishing; delete {out} and ingest again"
+            )
+        records.append(
+            ShardRecord(move["file"], move["label_start"], move["label_stop"], move["rows"], move["sha256"])
+        )
+    report = finish["report"]
+    write_json_atomic(out / REPORT_NAME, report)
+    data = dict(finish["manifest"])
+    data["shards"] = [record.__dict__ for record in records]
+    write_json_atomic(out / MANIFEST_NAME, data)
+    manifest = Manifest.read(out)
+    if staging.exists():
+        shutil.rmtree(staging)
     seconds = time.perf_counter() - start_time
     logger.info(
         "ingest: %d images of %d identities written, %d skipped (%s)",
-        report["num_written"],
-        next_label,
-        len(skipped),
+        manifest.num_rows,
+        manifest.num_identities,
+        report["num_skipped"],
         out / REPORT_NAME,
     )
-    return IngestResult(out, next_label, report["num_written"], len(skipped), len(records), seconds, skipped)
+    return IngestResult(
+        out,
+        manifest.num_identities,
+        manifest.num_rows,
+        report["num_skipped"],
+        len(records),
+        seconds,
+        skipped if skipped is not None else report["skipped"],
+        reused=reused,
+    )
 
 
 def _open_staging(staging: Path, digest: str) -> Path:

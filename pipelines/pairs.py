@@ -9,56 +9,169 @@ format.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 
-from facesynth.core.errors import ShardError
+from facesynth.core.atomic_io import TMP_SUFFIX
+from facesynth.core.errors import ConfigError, FacesynthError, ShardError
+from facesynth.core.locks import output_lock
 from facesynth.core.shard_format import decode_image
 from facesynth.core.shard_reader import read_columns
 from facesynth.recognizers.benchmark_files import VerificationSet, write_bin
 
+#: Draws allowed per wanted impostor pair before giving up (each draw is an impostor; only repeats fail).
+IMPOSTOR_DRAWS_PER_PAIR = 50
+
+
+def _unrank_pair(k: int, n: int) -> tuple[int, int]:
+    """The k-th pair (i < j) of range(n) in lexicographic order."""
+    i = 0
+    while k >= n - 1 - i:
+        k -= n - 1 - i
+        i += 1
+    return i, i + 1 + k
+
+
+def _genuine_pairs(groups: list[np.ndarray], half: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """``half`` distinct same-identity pairs, drawn without listing every pair."""
+    counts = np.array([len(g) * (len(g) - 1) // 2 for g in groups], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    picked = np.sort(rng.choice(int(starts[-1]), size=half, replace=False))
+    pairs = []
+    for k in picked:
+        g = int(np.searchsorted(starts, k, side="right") - 1)
+        i, j = _unrank_pair(int(k - starts[g]), len(groups[g]))
+        pairs.append((int(groups[g][i]), int(groups[g][j])))
+    return pairs
+
+
+def _impostor_pairs(
+    order: np.ndarray, bounds: np.ndarray, half: int, rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    """``half`` distinct different-identity pairs. Each draw is an impostor (the second image is drawn
+    outside the first one's identity), so only repeats are retried, and the draws are bounded."""
+    n = len(order)
+    group_of = np.empty(n, dtype=np.int64)
+    for g in range(len(bounds) - 1):
+        group_of[bounds[g] : bounds[g + 1]] = g
+    chosen: set[tuple[int, int]] = set()
+    for _ in range(IMPOSTOR_DRAWS_PER_PAIR * half + 1000):
+        if len(chosen) == half:
+            break
+        a = int(rng.integers(n))
+        g = group_of[a]
+        b = int(rng.integers(n - (bounds[g + 1] - bounds[g])))
+        if b >= bounds[g]:
+            b += bounds[g + 1] - bounds[g]  # skip a's own identity block
+        x, y = int(order[a]), int(order[b])
+        chosen.add((min(x, y), max(x, y)))
+    if len(chosen) < half:
+        raise ShardError(
+            f"found only {len(chosen)} distinct impostor pairs of {half} wanted after "
+            f"{IMPOSTOR_DRAWS_PER_PAIR * half + 1000} draws; ask for fewer pairs"
+        )
+    return sorted(chosen)
+
 
 def verification_set_from_shards(
-    dataset: str | Path, num_pairs: int = 3000, seed: int = 0, name: str | None = None
+    dataset: str | Path,
+    num_pairs: int = 3000,
+    seed: int = 0,
+    name: str | None = None,
+    *,
+    allow_plain_parquet: bool = True,
 ) -> VerificationSet:
-    """``num_pairs`` pairs (half genuine, half impostor) over the images of ``dataset``."""
-    table = read_columns(dataset, ["image", "label"])
-    labels = table["label"].to_numpy()
-    by_label: dict[int, list[int]] = {}
-    for row, label in enumerate(labels):
-        by_label.setdefault(int(label), []).append(row)
-    if len(by_label) < 2:
-        raise ShardError(
-            f"{dataset}: needs at least 2 identities to build impostor pairs, found {len(by_label)}"
+    """Exactly ``num_pairs`` pairs (half genuine, half impostor) over the images of ``dataset``.
+
+    What the dataset allows is computed first (same-identity pairs, different-identity pairs); a
+    request beyond it is refused with those numbers rather than silently shrunk.
+    """
+    if num_pairs < 2 or num_pairs % 2:
+        raise ConfigError(
+            f"--num-pairs {num_pairs}: need an even number of at least 2 (half genuine, half impostor)"
         )
-    genuine_all = [pair for rows in by_label.values() for pair in itertools.combinations(rows, 2)]
-    if not genuine_all:
+    table = read_columns(dataset, ["label"], allow_plain=allow_plain_parquet)
+    labels = table["label"].to_numpy()
+    order = np.argsort(labels, kind="stable")
+    _, bounds_start = np.unique(labels[order], return_index=True)
+    bounds = np.append(bounds_start, len(labels)).astype(np.int64)
+    groups = [order[bounds[g] : bounds[g + 1]] for g in range(len(bounds) - 1)]
+    if len(groups) < 2:
+        raise ShardError(
+            f"{dataset}: needs at least 2 identities to build impostor pairs, found {len(groups)}"
+        )
+    sizes = np.array([len(g) for g in groups], dtype=np.int64)
+    genuine_available = int((sizes * (sizes - 1) // 2).sum())
+    if genuine_available == 0:
         raise ShardError(f"{dataset}: no identity has 2 or more images, so there are no genuine pairs")
+    n = len(labels)
+    impostor_available = n * (n - 1) // 2 - genuine_available
+    half = num_pairs // 2
+    if half > genuine_available or half > impostor_available:
+        most = 2 * min(genuine_available, impostor_available)
+        raise ShardError(
+            f"{dataset}: --num-pairs {num_pairs} needs {half} genuine and {half} impostor pairs, but its "
+            f"{len(groups)} identities and {n} images allow {genuine_available} genuine and "
+            f"{impostor_available} impostor pairs; ask for at most {most}"
+        )
     rng = np.random.default_rng(seed)
-    half = max(1, num_pairs // 2)
-    picked = rng.choice(len(genuine_all), size=min(half, len(genuine_all)), replace=False)
-    genuine = [genuine_all[i] for i in sorted(picked)]
-    impostor: set[tuple[int, int]] = set()
-    while len(impostor) < len(genuine):
-        a, b = (int(x) for x in rng.integers(0, len(labels), size=2))
-        if labels[a] != labels[b]:
-            impostor.add((min(a, b), max(a, b)))
+    genuine = _genuine_pairs(groups, half, rng)
+    impostor = _impostor_pairs(order, bounds, half, rng)
     # interleave genuine and impostor pairs so that every one of the protocol's 10 contiguous folds
     # holds both kinds in equal numbers, as LFW's pairs.txt does
-    pairs = [pair for both in zip(genuine, sorted(impostor), strict=True) for pair in both]
-    images = pc.struct_field(table["image"], "bytes").to_pylist()
+    pairs = [pair for both in zip(genuine, impostor, strict=True) for pair in both]
+    wanted = sorted({i for pair in pairs for i in pair})
+    images_table = read_columns(dataset, ["image"], allow_plain=allow_plain_parquet).take(wanted)
+    images = dict(zip(wanted, pc.struct_field(images_table["image"], "bytes").to_pylist(), strict=True))
     sources = [images[i] for pair in pairs for i in pair]
-    issame = np.array([True, False] * len(genuine))
+    issame = np.array([True, False] * half)
     return VerificationSet(
         name=name or Path(dataset).name, sources=sources, issame=issame, origin=str(dataset)
     )
 
 
-def write_pairs_bin(dataset: str | Path, path: str | Path, num_pairs: int = 3000, seed: int = 0) -> Path:
-    """Save :func:`verification_set_from_shards` as an insightface ``.bin`` (PNG-encoded, lossless)."""
-    pairs = verification_set_from_shards(dataset, num_pairs, seed)
-    images = [decode_image(source) for source in pairs.sources]
-    return write_bin(path, images, pairs.issame.tolist(), variant="bytes", image_format="PNG")
+def check_output_file(path: str | Path) -> Path:
+    """Refuse an output that is a folder or cannot be written, before any work is done."""
+    path = Path(path)
+    if path.is_dir():
+        raise FacesynthError(f"--out {path}: is a folder; give a file name such as {path / 'pairs.bin'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".{path.name}.probe{TMP_SUFFIX}")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise FacesynthError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
+def write_pairs_bin(
+    dataset: str | Path,
+    path: str | Path,
+    num_pairs: int = 3000,
+    seed: int = 0,
+    *,
+    allow_plain_parquet: bool = False,
+) -> Path:
+    """Save :func:`verification_set_from_shards` as an insightface ``.bin`` (PNG-encoded, lossless).
+
+    The output is checked first, locked while written, and written atomically (a full disk leaves the
+    previous file intact). A dataset without a manifest needs ``allow_plain_parquet``.
+    """
+    path = check_output_file(path)
+    with output_lock(path, "pairs"):
+        pairs = verification_set_from_shards(
+            dataset, num_pairs, seed, allow_plain_parquet=allow_plain_parquet
+        )
+        images = []
+        for i, source in enumerate(pairs.sources):
+            try:
+                images.append(decode_image(source))
+            except Exception as exc:  # noqa: BLE001 - any decoder failure names the image
+                raise ShardError(
+                    f"{dataset}: the {'first' if i % 2 == 0 else 'second'} image of pair {i // 2} "
+                    f"does not decode ({exc}); run `facesynth verify {dataset}`"
+                ) from None
+        return write_bin(path, images, pairs.issame.tolist(), variant="bytes", image_format="PNG")

@@ -19,6 +19,7 @@ no network call.
 from __future__ import annotations
 
 import fnmatch
+import glob
 import logging
 import os
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from facesynth.core.errors import FacesynthError
-from facesynth.pipelines.cards import CARD_NAME, folder_kind
+from facesynth.pipelines.cards import CARD_NAME, check_repo_id, folder_kind
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,12 @@ class UploadPlan:
     private: bool
     files: list[tuple[str, int]]  # path in repo, size in bytes
     warnings: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # files in the folder that are not uploaded
+
+    @property
+    def allow_patterns(self) -> list[str]:
+        """The exact upload list as ``upload_folder`` patterns (special characters escaped)."""
+        return [glob.escape(path) for path, _ in self.files]
 
     @property
     def total_bytes(self) -> int:
@@ -88,6 +95,9 @@ class UploadPlan:
         ]
         width = max((len(p) for p, _ in self.files), default=0)
         lines += [f"  {path:<{width}}  {_human(size):>10}" for path, size in self.files]
+        if self.left_out:
+            shown = ", ".join(self.left_out[:8]) + (", ..." if len(self.left_out) > 8 else "")
+            lines.append(f"left out ({len(self.left_out)}): {shown}")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -111,16 +121,61 @@ def _ignored(path: str) -> bool:
     return any(fnmatch.fnmatch(path, pattern) for pattern in IGNORE_PATTERNS)
 
 
+def _inside(folder: Path, path: Path) -> bool:
+    """A regular file reached without any link, inside ``folder``."""
+    rel = path.relative_to(folder)
+    probe = folder
+    for part in rel.parts:
+        probe = probe / part
+        if probe.is_symlink():
+            return False
+    return path.is_file() and path.resolve().is_relative_to(folder.resolve())
+
+
 def list_upload_files(folder: str | Path) -> list[tuple[str, int]]:
-    """(path in repo, size) of every file ``upload_folder`` will send, in sorted order."""
+    """(path in repo, size) of every regular file in ``folder`` that may be sent, in sorted order:
+    no links (a link could point at a secret outside), nothing ignored."""
     folder = Path(folder)
     files = []
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            rel = path.relative_to(folder).as_posix()
-            if not _ignored(rel):
-                files.append((rel, path.stat().st_size))
+        rel = path.relative_to(folder).as_posix()
+        if not _ignored(rel) and _inside(folder, path):
+            files.append((rel, path.stat().st_size))
     return files
+
+
+#: Besides the manifest's shards, what a dataset repo holds: card, manifest, quality report, figures.
+DATASET_EXTRAS = (
+    CARD_NAME,
+    "facesynth.json",
+    "quality.json",
+    "quality.md",
+    "ingest_report.json",
+    "figures/*",
+)
+#: Never part of a model repo: training checkpoints (pickled optimizer state) and training logs.
+MODEL_LEFT_OUT = ("checkpoints/*", "*/checkpoints/*", "train.log")
+
+
+def select_upload(folder: Path, kind: str, files: list[tuple[str, int]]) -> tuple[list, list[str]]:
+    """(files to upload, paths left out): a dataset sends exactly its manifest's shards plus
+    :data:`DATASET_EXTRAS`; a model everything but checkpoints, logs and pickle files."""
+    keep, left = [], []
+    if kind == "dataset":
+        from facesynth.core.manifest import Manifest
+
+        try:
+            shards = {r.file for r in Manifest.read(folder).shards}
+        except FacesynthError:
+            shards = set()
+        for path, size in files:
+            wanted = path in shards or any(fnmatch.fnmatch(path, p) for p in DATASET_EXTRAS)
+            (keep.append((path, size)) if wanted else left.append(path))
+    else:
+        for path, size in files:
+            dropped = any(fnmatch.fnmatch(path, p) for p in MODEL_LEFT_OUT) or path.endswith(PICKLE_SUFFIXES)
+            (left.append(path) if dropped else keep.append((path, size)))
+    return keep, left
 
 
 def check_hub_limits(
@@ -179,8 +234,8 @@ def validate_dataset_card(folder: Path, num_rows: int | None, upload_paths: Sequ
         return [f"{path}: card does not parse ({exc})"]
     data = card.data.to_dict()
     problems: list[str] = []
-    if not data.get("license"):
-        problems.append(f"{path}: YAML has no license")
+    if data.get("license") in (None, "", "unknown"):
+        problems.append(f"{path}: licence unknown; state it: facesynth card {path.parent} --license ID")
     allowed = set(_size_categories())
     for value in _as_list(data.get("size_categories")):
         if value not in allowed:
@@ -264,13 +319,7 @@ def validate_model_folder(folder: Path) -> list[str]:
             problems.append(f"{path}: card does not parse ({exc})")
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.onnx")):
         problems.append(f"{folder}: no *.safetensors or *.onnx weights")
-    pickles = sorted(
-        p.name for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES and not _ignored(p.name)
-    )
-    if pickles:
-        problems.append(
-            f"{folder}: pickle-based files {pickles[:5]} would be published; keep weights in safetensors"
-        )
+    # pickles (checkpoints/, *.pt, *.bin) are left out of the upload by select_upload, not refused
     return problems
 
 
@@ -284,23 +333,24 @@ def plan_upload(
     limits: HubLimits | None = None,
 ) -> UploadPlan:
     """Validate ``folder`` and list its upload; raise :class:`FacesynthError` naming every problem."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     folder = Path(folder)
-    try:
-        validate_repo_id(repo_id)
-        if "/" not in repo_id:
-            raise HFValidationError("expected NAMESPACE/NAME")
-    except HFValidationError as exc:
-        raise FacesynthError(f"--repo-id {repo_id!r} is not a valid Hub repo id ({exc})") from None
+    check_repo_id(repo_id)
     kind = folder_kind(folder) if repo_type == "auto" else repo_type
-    files = list_upload_files(folder)
+    files, left_out = select_upload(folder, kind, list_upload_files(folder))
     problems: list[str] = []
     if kind == "dataset":
         from facesynth.core.integrity import verify_dataset
         from facesynth.core.manifest import Manifest
 
+        # every image's header is read; every 64th is decoded in full
         problems += verify_dataset(folder, image_stride=64)
+        listed = {p for p, _ in files}
+        if not problems:
+            problems += [
+                f"{folder / r.file}: listed in the manifest but not an uploadable file (a link?)"
+                for r in Manifest.read(folder).shards
+                if r.file not in listed
+            ]
         num_rows = None
         if not problems:
             num_rows = Manifest.read(folder).num_rows
@@ -310,11 +360,15 @@ def plan_upload(
     else:
         problems += validate_model_folder(folder)
     limit_problems, warnings = check_hub_limits(files, private, limits)
+    pickles = [p for p in left_out if p.endswith(PICKLE_SUFFIXES) and "checkpoints/" not in p]
+    if pickles:
+        warnings.append(f"pickle-based files {pickles[:5]} are left out; keep weights in safetensors")
     problems += limit_problems
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
-        raise FacesynthError(f"{folder} is not ready to publish ({len(problems)} problems):\n{listing}")
-    return UploadPlan(folder, repo_id, kind, private, files, warnings)
+        count = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
+        raise FacesynthError(f"{folder} is not ready to publish ({count}):\n{listing}")
+    return UploadPlan(folder, repo_id, kind, private, files, warnings, left_out)
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -372,6 +426,7 @@ def publish(
                 folder_path=str(plan.folder),
                 repo_type=plan.repo_type,
                 commit_message=message,
+                allow_patterns=plan.allow_patterns,  # exactly the listed files, as --dry-run shows
                 ignore_patterns=list(IGNORE_PATTERNS),
             )
         else:  # older huggingface_hub: the large-folder uploader keeps resume state in the folder
@@ -379,6 +434,7 @@ def publish(
                 repo_id=plan.repo_id,
                 folder_path=str(plan.folder),
                 repo_type=plan.repo_type,
+                allow_patterns=plan.allow_patterns,
                 ignore_patterns=list(IGNORE_PATTERNS),
             )
     except FacesynthError:

@@ -21,6 +21,7 @@ dataset folder): ``quality.json``, ``quality.md``, ``figures/sample_grid.png`` a
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,7 @@ class QualityConfig(StageConfig):
     encoder: str | None = Field(None, description="evaluation encoder spec; None: use the stored embeddings")
     reference: Path | None = Field(None, description="shard dataset of real identities for the leakage check")
     out: Path | None = Field(None, description="output folder; default: the dataset folder")
-    device: str = "cpu"
+    device: str = Field("auto", description="encoder device: auto (CUDA when available), cpu, cuda, cuda:K")
     batch_size: int = Field(64, gt=0)
     grid_identities: int = Field(8, ge=1)
     grid_images: int = Field(8, ge=1)
@@ -87,8 +88,9 @@ def _embed_images(
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    dataset = ShardDataset(source, shuffle=False)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
+    # an undecodable image is an error naming it (skipping it would shift every later row)
+    dataset = ShardDataset(source, shuffle=False, skip_bad_images=False)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=_collate_same_size(source))
     parts: list[np.ndarray] = []
     seen = 0
     with tqdm(
@@ -102,7 +104,47 @@ def _embed_images(
                 parts.append(encoder.embed(batch["image"]).float().cpu().numpy())
             seen += labels.size
             bar.update(labels.size)
-    return np.concatenate(parts) if parts else np.zeros((0, encoder.embedding_dim), dtype=np.float32)
+    result = np.concatenate(parts) if parts else np.zeros((0, encoder.embedding_dim), dtype=np.float32)
+    return check_finite_embeddings(result, source, "embeddings from the encoder")
+
+
+def _collate_same_size(source: Path):
+    """default_collate, with a clear error when a batch mixes image sizes (instead of torch's)."""
+    from torch.utils.data import default_collate
+
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+        shapes = sorted({tuple(item["image"].shape) for item in items})
+        if len(shapes) > 1:
+            sizes = ", ".join(f"{s[2]}x{s[1]}" for s in shapes)
+            raise ShardError(
+                f"{source}: images of different sizes ({sizes}); run `facesynth verify {source}`"
+            )
+        return default_collate(items)
+
+    return collate
+
+
+def check_finite_embeddings(embeddings: np.ndarray, source: Path, what: str) -> np.ndarray:
+    """Refuse NaN or infinite embeddings, naming how many rows and the first one."""
+    bad = ~np.isfinite(embeddings).all(axis=1)
+    if bad.any():
+        raise ShardError(
+            f"{source}: {int(bad.sum())} {what} hold NaN or infinite values (first at row {int(np.argmax(bad))})"
+        )
+    return embeddings
+
+
+def check_output_writable(out: Path) -> None:
+    """Create the output folder and prove it writable before any work is done."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".quality-probe-{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise FacesynthError(
+            f"{out}: quality output folder is not writable ({exc.strerror or exc})"
+        ) from None
 
 
 def _stored_embeddings(table: pa.Table, source: Path) -> np.ndarray:
@@ -114,7 +156,8 @@ def _stored_embeddings(table: pa.Table, source: Path) -> np.ndarray:
     if column.null_count:
         raise ShardError(f"{source}: {column.null_count} rows have no embedding")
     width = column.type.list_size
-    return np.asarray(column.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, width)
+    values = np.asarray(column.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, width)
+    return check_finite_embeddings(values, source, "stored embeddings")
 
 
 def _attributes(table: pa.Table) -> np.ndarray | None:
@@ -208,7 +251,7 @@ def run_quality(config: QualityConfig, *, show_progress: bool = True) -> Quality
     start = time.perf_counter()
     source = Path(config.dataset)
     out = Path(config.out) if config.out is not None else source
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_writable(out)
     present = set(_columns_of(source))
     columns = ["label", "identity", *[c for c in OPTIONAL_COLUMNS if c in present]]
     table = read_columns(source, columns)
@@ -268,10 +311,10 @@ def run_quality(config: QualityConfig, *, show_progress: bool = True) -> Quality
         settings=config.metrics,
     )
     report = {
-        "dataset": str(source),
+        "dataset": source.name,  # the report may be published: no local paths
         "embedding_source": source_text,
         "encoder": config.encoder,
-        "reference": str(config.reference) if config.reference is not None else None,
+        "reference": Path(config.reference).name if config.reference is not None else None,
         **report,
     }
 

@@ -98,6 +98,11 @@ class PrivacyMethod(RecognitionMethod):
 
     #: whether protect() draws fresh randomness per query (benchmarks then average several seeds)
     randomised: bool = False
+    #: largest magnitude a genuine payload can hold (DCT coefficients of [-1, 1] images plus any
+    #: noise stay far below it); recognize() refuses larger values, NaN and inf
+    payload_abs_max: float = 1e5
+    #: the same bound for auxiliary tensors (None: ``payload_abs_max``)
+    extras_abs_max: float | None = None
 
     def __init__(
         self,
@@ -228,7 +233,9 @@ class PrivacyMethod(RecognitionMethod):
             raise FacesynthError(
                 f"recognize() takes a Payload (from protect()), got {type(payload).__name__}"
             )
+        payload.validate()  # the object may have been altered since it was built
         payload.check_for(self.expected_header())
+        payload.check_values(self.payload_abs_max, self.extras_abs_max)
         payload = payload.to(self._device())
         return self.server_forward(payload.tensor, payload.extras)
 

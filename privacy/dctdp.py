@@ -23,9 +23,11 @@ Choices and deviations from TFace (``dctdp/``), all options:
 - ``learn_locs=True`` keeps TFace's learnable noise location (note: the paper's lemmas assume zero-mean
   noise; set False for zero-mean noise).
 - ``aux_loss_weight``: TFace defines ``-log(mean b)`` but never uses it; 0 (off) by default.
-- TFace trains ``rhos``/``locs`` with a separate Adam at LR 0.1. The shared trainer uses one optimiser
-  with parameter groups: ``noise_lr_multiplier`` scales the noise parameters' learning rate
-  (:meth:`param_lr_multipliers`; 1 by default, an unverified choice since the optimisers differ).
+- TFace trains ``rhos``/``locs`` with a separate Adam at LR 0.1 and no weight decay (``dctdp/``),
+  following the stage's schedule. :meth:`DCTDP.optimizer_groups` declares exactly that for the shared
+  trainer (``noise_lr``, default 0.1). Sharing the backbone's SGD (lr 0.1, weight decay 5e-4) does not
+  work: the noise gradients average ~1e-4 per element, so b stays uniform. ``noise_lr_multiplier`` (set
+  only by older saved configs) puts the noise in the trainer's optimizer at that lr multiple instead.
 - Noise is drawn on the model's device from a seedable generator (TFace: CPU then copy, unseeded).
 """
 
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 
 from facesynth.core.errors import ConfigError, FacesynthError
+from facesynth.core.optim_groups import OptimizerGroup
 from facesynth.privacy.api import PrivacyMethod, register_privacy_method
 from facesynth.privacy.channel_policies import DropDCPolicy
 
@@ -101,7 +104,9 @@ class DCTDP(PrivacyMethod):
         per_sample_noise: independent noise per image (True) or TFace's one draw per batch (False).
         learn_locs: learn the noise location (TFace) or keep zero-mean noise.
         aux_loss_weight: weight of ``-log(mean b)`` (TFace defines it, never uses it: 0).
-        noise_lr_multiplier: learning-rate multiplier of the noise parameters in the shared trainer.
+        noise_lr: Adam learning rate of ``rhos``/``locs`` (TFace: 0.1; no weight decay, stage schedule).
+        noise_lr_multiplier: legacy (older saved configs): train the noise with the trainer's optimizer
+            at this multiple of its lr instead of its own Adam.
         frontend_mode, key_seed, eval_seed: see :class:`~facesynth.privacy.api.PrivacyMethod`.
     """
 
@@ -117,7 +122,8 @@ class DCTDP(PrivacyMethod):
         per_sample_noise: bool = True,
         learn_locs: bool = True,
         aux_loss_weight: float = 0.0,
-        noise_lr_multiplier: float = 1.0,
+        noise_lr: float = 0.1,
+        noise_lr_multiplier: float | None = None,
         frontend_mode: str = "tface",
         key_seed: int = 0,
         eval_seed: int = 0,
@@ -140,7 +146,10 @@ class DCTDP(PrivacyMethod):
         self.noise = NoisyActivation(shape, epsilon_mean, learn_locs)
         self.per_sample_noise = bool(per_sample_noise)
         self.aux_loss_weight = float(aux_loss_weight)
-        self.noise_lr_multiplier = float(noise_lr_multiplier)
+        if not noise_lr > 0:
+            raise ConfigError(f"dctdp: noise_lr must be > 0, got {noise_lr}")
+        self.noise_lr = float(noise_lr)
+        self.noise_lr_multiplier = None if noise_lr_multiplier is None else float(noise_lr_multiplier)
         self._last_aux: dict[str, torch.Tensor] = {}
 
     def clean_coefficients(self, images: torch.Tensor) -> torch.Tensor:
@@ -171,8 +180,11 @@ class DCTDP(PrivacyMethod):
             "channels": list(self.policy.channels),
         }
 
-    def param_lr_multipliers(self) -> dict[str, float]:
-        return {"noise.": self.noise_lr_multiplier}
+    def optimizer_groups(self) -> list[OptimizerGroup]:
+        """The noise budgets' own Adam (TFace): lr ``noise_lr``, no weight decay, the stage's schedule."""
+        if self.noise_lr_multiplier is not None:
+            return [OptimizerGroup("noise.", lr_scale=self.noise_lr_multiplier)]
+        return [OptimizerGroup("noise.", optimizer="adam", lr=self.noise_lr, weight_decay=0.0)]
 
     @torch.no_grad()
     def calibrate_sensitivity(self, batches: Iterable[torch.Tensor], floor: float = 1e-3) -> torch.Tensor:

@@ -13,7 +13,7 @@ Training is two runs of the one recognizer trainer (``facesynth train-recognizer
   as in the paper) * KL sparsity of g's latent. The README recommends g at 0.1x the recognizer's
   learning rate; TFace's branch for it never runs (a 'Minusface' typo, brief section 7.2). Here
   ``generator_lr_scale`` (0.1) is g's learning-rate multiplier: the shared trainer gives g its own
-  parameter group (:meth:`param_lr_multipliers`), so it holds for SGD and AdamW alike.
+  parameter group (:meth:`optimizer_groups`), so it holds for SGD and AdamW alike.
 - ``stage=2``: g is loaded from the stage-1 run (``stage1_from``) and frozen (eval mode, no gradient);
   a fresh recognizer with a ``3 * n_dup``-channel stem trains on X_p with the margin loss only.
   ``n_dup`` independent shuffles are decoded and concatenated (TFace hard-codes 1; the README's
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from facesynth.core.errors import ConfigError
+from facesynth.core.optim_groups import OptimizerGroup
 from facesynth.privacy.api import PrivacyMethod, register_privacy_method
 from facesynth.privacy.duetface import load_submodule_state
 from facesynth.privacy.frequency_frontend import NUM_CHANNELS
@@ -127,8 +128,9 @@ class MinusFace(PrivacyMethod):
     def key_material(self) -> dict[str, Any]:
         return {"stage": self.stage, "n_dup": self.n_dup}
 
-    def param_lr_multipliers(self) -> dict[str, float]:
-        return {"generator.": self.generator_lr_scale} if self.stage == 1 else {}
+    def optimizer_groups(self) -> list[OptimizerGroup]:
+        """Stage 1: the generator at ``generator_lr_scale`` times the trainer's lr (README: 0.1x)."""
+        return [OptimizerGroup("generator.", lr_scale=self.generator_lr_scale)] if self.stage == 1 else []
 
     def residue(self, images: torch.Tensor):
         """(x, x', r = x - x', latent) for a batch of images."""

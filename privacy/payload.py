@@ -24,6 +24,8 @@ import torch
 from facesynth.core.errors import FacesynthError
 
 PAYLOAD_VERSION = 1
+#: The one dtype a payload's tensors may have (what every client transform produces).
+PAYLOAD_DTYPE = torch.float32
 _MAIN = "payload"
 
 
@@ -64,6 +66,12 @@ class PayloadHeader:
     def from_json(cls, text: str) -> PayloadHeader:
         try:
             data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+            if not isinstance(data.get("shape"), list) or not isinstance(data.get("extras", {}), dict):
+                raise TypeError("'shape' must be a list and 'extras' an object")
+            if any(not isinstance(v, list) for v in data.get("extras", {}).values()):
+                raise TypeError("every extra's shape must be a list")
             return cls(
                 method=str(data["method"]),
                 key_id=str(data["key_id"]),
@@ -72,7 +80,7 @@ class PayloadHeader:
                 version=int(data["version"]),
                 extras={str(k): tuple(int(s) for s in v) for k, v in data.get("extras", {}).items()},
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise FacesynthError(f"payload header is not valid ({exc})") from None
 
 
@@ -100,8 +108,14 @@ class Payload:
     def validate(self) -> None:
         """Check that the tensors agree with the header (shape, channels, extras, batch size)."""
         h = self.header
+        if not isinstance(h, PayloadHeader):
+            raise FacesynthError(f"payload header must be a PayloadHeader, got {type(h).__name__}")
         if not isinstance(self.tensor, torch.Tensor):
             raise FacesynthError(f"payload tensor must be a torch.Tensor, got {type(self.tensor).__name__}")
+        if not isinstance(self.extras, Mapping) or not all(
+            isinstance(t, torch.Tensor) for t in self.extras.values()
+        ):
+            raise FacesynthError(f"{h.method} payload: extras must map names to tensors")
         if tuple(self.tensor.shape[1:]) != tuple(h.shape) or (h.shape and h.shape[0] != h.channels):
             raise FacesynthError(
                 f"{h.method} payload: tensor shape {tuple(self.tensor.shape)} does not match its header "
@@ -116,6 +130,27 @@ class Payload:
                 raise FacesynthError(
                     f"{h.method} payload: extra {name!r} has shape {tuple(tensor.shape)}, "
                     f"header says (B={self.batch_size}, {', '.join(map(str, h.extras[name]))})"
+                )
+
+    def check_values(self, abs_max: float, extras_abs_max: float | None = None) -> None:
+        """Refuse tensors a client could not have made: another dtype than float32, NaN or inf, or
+        values beyond the method's declared bound (``abs_max``; ``extras_abs_max`` for extras)."""
+        named = [("payload", self.tensor, abs_max)]
+        named += [(f"extra {k!r}", t, extras_abs_max or abs_max) for k, t in self.extras.items()]
+        for what, tensor, bound in named:
+            if tensor.dtype != PAYLOAD_DTYPE:
+                raise FacesynthError(
+                    f"{self.header.method} {what}: dtype {str(tensor.dtype).replace('torch.', '')}, "
+                    f"expected {str(PAYLOAD_DTYPE).replace('torch.', '')}"
+                )
+            if tensor.numel() == 0:
+                continue
+            if not bool(torch.isfinite(tensor).all()):
+                raise FacesynthError(f"{self.header.method} {what}: holds NaN or infinite values")
+            peak = float(tensor.abs().max())
+            if peak > bound:
+                raise FacesynthError(
+                    f"{self.header.method} {what}: values up to {peak:.3g}, beyond the method's bound {bound:g}"
                 )
 
     def check_for(self, expected: PayloadHeader) -> None:

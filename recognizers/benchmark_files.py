@@ -22,51 +22,138 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from facesynth.core.atomic_io import atomic_write
 from facesynth.core.errors import FacesynthError
 
 #: Benchmarks arcface_torch validates on, in its order, plus the two cross-age/pose LFW variants.
 STANDARD_BENCHMARKS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff")
 
-# (module, name) pairs the restricted unpickler may resolve; everything else is refused.
-_ALLOWED_GLOBALS = frozenset(
-    {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        # Python 3 pickles ``bytes`` at protocol < 3 as _codecs.encode(text, "latin1")
-        ("_codecs", "encode"),
-        ("builtins", "bytearray"),
-        ("__builtin__", "bytearray"),
-    }
-)
-
 
 class UnsafePickleError(FacesynthError):
     """A pickle asked for something the restricted unpickler does not allow."""
 
 
+def _ndarray_token(*_args: Any, **_kwargs: Any) -> None:
+    """Stands in for ``numpy.ndarray``: a pickle may name it as ``_reconstruct``'s subtype, never call it."""
+    raise UnsafePickleError("refused to call numpy.ndarray directly (it would allocate any shape)")
+
+
+class _Budget:
+    """Bytes a pickle may make the loader allocate beyond its own size: arrays hold data the file carries."""
+
+    def __init__(self, file_bytes: int):
+        self.left = int(file_bytes) + 4096
+
+    def take(self, nbytes: int, what: str) -> None:
+        if nbytes > self.left:
+            raise UnsafePickleError(
+                f"{what} would allocate {nbytes:,} bytes, more than the {self.left:,} bytes the file can carry"
+            )
+        self.left -= nbytes
+
+
+def _safe_dtype(value: Any) -> np.dtype:
+    dtype = np.dtype(value)
+    if dtype.hasobject:
+        raise UnsafePickleError(f"refused numpy dtype {dtype} (object arrays can hold any Python object)")
+    return dtype
+
+
+def _restricted_globals(budget: _Budget) -> dict[tuple[str, str], Any]:
+    """(module, name) -> what the restricted unpickler hands back: checked stand-ins, never the raw callables."""
+
+    def reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        if subtype is not _ndarray_token:
+            raise UnsafePickleError("refused numpy _reconstruct of a type other than ndarray")
+        dims = tuple(int(d) for d in (shape if isinstance(shape, tuple | list) else (shape,)))
+        if any(d < 0 for d in dims):
+            raise UnsafePickleError(f"refused numpy array shape {dims}")
+        kind = _safe_dtype(dtype)
+        budget.take(int(np.prod(dims, dtype=object)) * kind.itemsize, f"numpy array of shape {dims}")
+        return np.ndarray.__new__(np.ndarray, dims, kind)
+
+    def dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
+        if not isinstance(spec, str | bytes):
+            raise UnsafePickleError(f"refused numpy dtype built from {type(spec).__name__}")
+        result = _safe_dtype(spec.decode("latin1") if isinstance(spec, bytes) else spec)
+        budget.take(0 if result.itemsize <= 64 else result.itemsize, f"numpy dtype {result}")
+        return np.dtype(result, align=bool(align), copy=bool(copy))
+
+    def frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
+        return np.frombuffer(buffer, dtype=_safe_dtype(dtype)).reshape(shape, order=order).copy()
+
+    def encode(text: Any, encoding: Any = "latin1") -> bytes:
+        if not isinstance(text, str) or str(encoding).replace("-", "").lower() not in ("latin1", "iso88591"):
+            raise UnsafePickleError("refused _codecs.encode other than str -> latin1 bytes")
+        return text.encode("latin1")
+
+    def make_bytearray(source: Any = b"", *rest: Any) -> bytearray:
+        if isinstance(source, int):
+            raise UnsafePickleError("refused bytearray(size): a .bin stores bytes, not sizes to allocate")
+        return bytearray(source, *rest)
+
+    table: dict[tuple[str, str], Any] = {}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        table[(module, "_reconstruct")] = reconstruct
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        table[(module, "_frombuffer")] = frombuffer
+    table[("numpy", "ndarray")] = _ndarray_token
+    table[("numpy", "dtype")] = dtype
+    # Python 3 pickles ``bytes`` at protocol < 3 as _codecs.encode(text, "latin1")
+    table[("_codecs", "encode")] = encode
+    table[("builtins", "bytearray")] = table[("__builtin__", "bytearray")] = make_bytearray
+    return table
+
+
+#: Opcodes that only push data, build containers or call one of the allowed globals above.
+_UNSAFE_OPCODES = frozenset(
+    {"PERSID", "BINPERSID", "EXT1", "EXT2", "EXT4", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"}
+)
+
+
+def check_pickle_opcodes(data: bytes) -> None:
+    """Walk the opcodes without building anything: every length-prefixed item must fit in the bytes
+    left (a BYTEARRAY8 claiming 2^40 bytes is refused here, before any allocation)."""
+    import pickletools
+
+    try:
+        for opcode, _arg, _pos in pickletools.genops(io.BytesIO(data)):
+            if opcode.name in _UNSAFE_OPCODES:
+                raise UnsafePickleError(
+                    f"refused pickle opcode {opcode.name} (a .bin benchmark never needs it)"
+                )
+    except UnsafePickleError:
+        raise
+    except (ValueError, EOFError, TypeError, UnicodeDecodeError, OverflowError) as exc:
+        # a length running past the end of the file lands here too
+        raise FacesynthError(f"not a readable .bin benchmark pickle ({exc})") from None
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file: BinaryIO, *, encoding: str, budget: _Budget):
+        super().__init__(file, encoding=encoding)
+        self._allowed = _restricted_globals(budget)
+
     def find_class(self, module: str, name: str):  # noqa: D102 - pickle hook
-        if (module, name) not in _ALLOWED_GLOBALS:
+        if (module, name) not in self._allowed:
             raise UnsafePickleError(
                 f"refused to load global {module}.{name}: a .bin benchmark holds only lists of "
                 "encoded images and booleans, so this file is not one (and may carry code)"
             )
-        return super().find_class(module, name)
+        return self._allowed[(module, name)]
 
 
 def restricted_loads(data: bytes, encoding: str = "ASCII") -> object:
-    """``pickle.loads`` that refuses every global outside the ``.bin`` allow-list."""
-    return _RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
+    """``pickle.loads`` that refuses every global outside the ``.bin`` allow-list and any allocation
+    beyond what the bytes of ``data`` can carry."""
+    check_pickle_opcodes(data)
+    return _RestrictedUnpickler(io.BytesIO(data), encoding=encoding, budget=_Budget(len(data))).load()
 
 
 @dataclass
@@ -150,6 +237,10 @@ class VerificationSet:
 def _unpickle_bin(data: bytes, path: Path) -> object:
     # Python 3 pickles load as is; Python 2 `str` objects need encoding="bytes" (arcface_torch does
     # the same); numpy arrays pickled by Python 2 want latin1.
+    try:
+        check_pickle_opcodes(data)
+    except FacesynthError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
     last: Exception | None = None
     for encoding in ("ASCII", "bytes", "latin1"):
         try:
@@ -255,7 +346,8 @@ def write_bin(
         raise ValueError(f"variant must be 'bytes', 'numpy', 'py2' or 'py2-numpy', got {variant!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    with atomic_write(path) as handle:  # a full disk leaves the previous file, never a truncated one
+        handle.write(data)
     return path
 
 

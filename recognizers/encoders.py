@@ -4,7 +4,7 @@ Every encoder maps aligned faces, a float tensor (B, 3, H, W) in [-1, 1] (RGB, a
 ``(pixel / 255 - 0.5) / 0.5``), to (B, D) embeddings, L2-normalised unless ``normalize=False`` asks
 for the raw ones (the flip-TTA of the verification protocol sums raw embeddings). ``differentiable``
 says whether gradients flow back to the input (ID3's identity loss and guidance need that: only
-:class:`TorchEncoder` does).
+:class:`TorchEncoder` does, which is what ``onnx-torch:`` and ``onnx2torch:`` build).
 
 Backends and specs for :func:`load_encoder`:
 
@@ -12,6 +12,10 @@ Backends and specs for :func:`load_encoder`:
   :func:`facesynth.recognizers.backbones.load_backbone`), or any ``nn.Module`` passed to
   :class:`TorchEncoder` directly;
 - ``onnx:PATH``: any single-output face-recognition ONNX model, run with onnxruntime;
+- ``onnx-torch:PATH``: the same ONNX file converted to a differentiable torch module
+  (:mod:`facesynth.recognizers.onnx_to_torch`, checked against onnxruntime at load), so ID3's loss and
+  guidance can use insightface's ``w600k_r50.onnx`` / ``glintr100.onnx`` on GPU with gradients;
+- ``onnx2torch:PATH``: the same through the optional ``onnx2torch`` package (more operators);
 - ``insightface:PATH_OR_NAME``: through ``insightface.model_zoo.get_model`` (must route to ``ArcFaceONNX``);
 - ``dlib``: dlib's ResNet face descriptor from the ``face-recognition-models`` package (CPU, offline).
 
@@ -180,6 +184,19 @@ def _graph_normalises_input(path: str | os.PathLike) -> bool:
     has_sub = any(n.name.startswith(("Sub", "_minus")) for n in nodes)
     has_mul = any(n.name.startswith(("Mul", "_mul")) for n in nodes)
     return has_sub and has_mul
+
+
+def _onnx_input_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an ONNX model's (B, 3, H, W) input, read from the graph."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in weights]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[2] is None or dims[3] is None:
+        raise FacesynthError(f"{path}: input shape {dims} is not (B, 3, H, W) with a fixed H, W")
+    return int(dims[2]), int(dims[3])
 
 
 class OnnxEncoder(IdentityEncoder):
@@ -354,22 +371,45 @@ class DlibEncoder(IdentityEncoder):
         return torch.tensor(np.array([np.asarray(d) for d in descriptors]), dtype=torch.float32)
 
 
-def load_encoder(spec: str, device: str | torch.device | None = None) -> IdentityEncoder:
-    """Build an encoder from ``torch:PATH``, ``onnx:PATH``, ``insightface:PATH_OR_NAME`` or ``dlib``.
-
-    A bare path is guessed from its form: ``.onnx`` -> onnx, anything else -> torch.
-    """
+def _split_spec(spec: str) -> tuple[str, str]:
+    """``KIND:TARGET`` -> (kind, target); a bare path is guessed from its form (``.onnx`` -> onnx, else torch)."""
     kind, sep, target = str(spec).partition(":")
     if not sep or (len(kind) == 1 and os.name == "nt"):
         kind, target = (
             ("dlib", "") if spec == "dlib" else (("onnx" if str(spec).endswith(".onnx") else "torch"), spec)
         )
+    return kind, target
+
+
+def resolve_encoder_spec(spec: str) -> str:
+    """The spec with a local file or folder made absolute, so a saved pipeline or config that records it
+    still finds the encoder when used from another working directory. Names (``insightface:buffalo_l``,
+    ``dlib``) are kept as they are."""
+    kind, target = _split_spec(spec)
+    if target and Path(target).expanduser().exists():
+        return f"{kind}:{Path(target).expanduser().resolve()}"
+    return str(spec)
+
+
+def load_encoder(spec: str, device: str | torch.device | None = None) -> IdentityEncoder:
+    """Build an encoder from ``torch:PATH``, ``onnx:PATH``, ``onnx-torch:PATH``, ``onnx2torch:PATH``,
+    ``insightface:PATH_OR_NAME`` or ``dlib``.
+
+    A bare path is guessed from its form: ``.onnx`` -> onnx, anything else -> torch.
+    """
+    kind, target = _split_spec(spec)
+    torch_device = device
+    if device in (None, "auto"):
+        rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch_device = f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
     if kind == "torch":
-        torch_device = device
-        if device in (None, "auto"):
-            rank = int(os.environ.get("LOCAL_RANK", "0"))
-            torch_device = f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
         return TorchEncoder.from_path(target, device=torch_device)
+    if kind in ("onnx-torch", "onnx2torch"):
+        from facesynth.recognizers.onnx_to_torch import load_onnx2torch, load_onnx_as_torch
+
+        module = load_onnx_as_torch(target) if kind == "onnx-torch" else load_onnx2torch(target)
+        size = _onnx_input_size(target)
+        return TorchEncoder(module, input_size=size, description=f"{kind}:{target}", device=torch_device)
     if kind == "onnx":
         return OnnxEncoder(target, device=device)
     if kind == "insightface":
@@ -377,5 +417,6 @@ def load_encoder(spec: str, device: str | torch.device | None = None) -> Identit
     if kind == "dlib":
         return DlibEncoder(target or None)
     raise FacesynthError(
-        f"unknown encoder kind {kind!r} in {spec!r}; use torch:, onnx:, insightface: or dlib"
+        f"unknown encoder kind {kind!r} in {spec!r}; use torch:, onnx:, onnx-torch:, onnx2torch:, "
+        "insightface: or dlib"
     )

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from facesynth.core.errors import ConfigError, FacesynthError
+from facesynth.core.optim_groups import OptimizerGroup
 from facesynth.recognizers.backbones import (
     _jsonable,
     build_backbone,
@@ -74,13 +75,14 @@ class RecognitionMethod(nn.Module):
     def method_kwargs(self) -> dict[str, Any]:
         return dict(self._method_kwargs)
 
-    def param_lr_multipliers(self) -> dict[str, float]:
-        """Learning-rate multipliers by parameter-name prefix (e.g. ``{"noise.": 10.0}``).
+    def optimizer_groups(self) -> list[OptimizerGroup]:
+        """Parts of the method trained with their own optimizer settings (none by default).
 
-        The trainer puts each matching trainable parameter (longest prefix wins) in a parameter group
-        whose learning rate is the schedule's times the multiplier; everything else gets 1.
+        Each :class:`~facesynth.core.optim_groups.OptimizerGroup` names a parameter-name prefix (longest
+        prefix wins) and the settings that differ from the trainer's: optimizer type, lr or lr scale,
+        weight decay, schedule. Everything else uses the trainer's settings.
         """
-        return {}
+        return []
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor | None = None

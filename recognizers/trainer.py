@@ -32,13 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import itertools
-import json
 import logging
-import shutil
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,10 +43,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
+from torch.utils.data import DataLoader
 
-from facesynth.core.checkpoints import TRAINER_STATE, find_checkpoint, prune_checkpoints
 from facesynth.core.config import StageConfig
 from facesynth.core.errors import ConfigError, FacesynthError, ShardError
+from facesynth.core.optim_groups import TrainerOptimizer, build_optimizers, set_learning_rates
+from facesynth.core.shard_reader import ShardDataset
+from facesynth.core.training_run import Throughput, TrainingRun, exact_batches
 
 logger = logging.getLogger(__name__)
 
@@ -60,60 +59,76 @@ class RecognizerTrainConfig(StageConfig):
 
     data: list[str] = Field(min_length=1, description="shard dataset folders (or Parquet files) to train on")
     output_dir: str = Field(description="run folder: checkpoints, logs, final weights")
-    backbone: str = "r50"
-    backbone_kwargs: dict[str, Any] = Field(default_factory=dict)
+    backbone: str = Field(default="r50", description="registered backbone name (r18, r50, tiny, ...)")
+    backbone_kwargs: dict[str, Any] = Field(default_factory=dict, description="backbone constructor options")
     input_size: int | None = Field(default=None, ge=16, description="square input side; None: the backbone's")
     method: str = Field(default="plain", description="recognition method; privacy variants register by name")
-    method_kwargs: dict[str, Any] = Field(default_factory=dict)
-    head: str = "arcface"
-    margin_scale: float = Field(default=64.0, gt=0)
+    method_kwargs: dict[str, Any] = Field(default_factory=dict, description="method constructor options")
+    head: str = Field(default="arcface", description="margin head (arcface, cosface, combined)")
+    margin_scale: float = Field(default=64.0, gt=0, description="the head's scale s")
     head_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. {m: 0.4} or {m1:, m2:, m3:}")
     sample_rate: float = Field(default=1.0, gt=0, le=1, description="Partial FC sampling rate")
     batch_size: int = Field(default=128, ge=1, description="per process")
-    epochs: int = Field(default=20, ge=1)
+    epochs: int = Field(default=20, ge=1, description="passes over the data (unless max_steps is set)")
     max_steps: int | None = Field(
         default=None, ge=1, description="stop after this many steps (sets the schedule)"
     )
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw"] = Field(
+        default="sgd",
+        description="optimizer of the model and class centres (a method may add its own groups)",
+    )
     lr: float | None = Field(default=None, gt=0, description="None: 0.1 for SGD, 1e-3 for AdamW")
-    momentum: float = Field(default=0.9, ge=0, lt=1)
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float | None = Field(default=None, ge=0, description="None: 5e-4 for SGD, 0.1 for AdamW")
-    warmup_epochs: float = Field(default=0.0, ge=0)
+    warmup_epochs: float = Field(default=0.0, ge=0, description="linear warm-up length in epochs")
     grad_clip: float = Field(default=5.0, ge=0, description="max grad norm of the model; 0 = off")
     gradient_accumulation_steps: int = Field(
         default=1,
         ge=1,
         description="batches per optimizer step (effective batch = batch_size x this x processes)",
     )
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    flip: bool = True
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(default="no", description="autocast precision")
+    flip: bool = Field(default=True, description="random horizontal flips")
     shift: int = Field(
         default=0,
         ge=0,
         description="random translation of up to this many input pixels (reflect padding); 0 = off as in "
         "arcface_torch, a few pixels help small datasets",
     )
-    num_workers: int = Field(default=2, ge=0)
-    buffer_size: int = Field(default=1000, ge=1)
-    seed: int = 2048
+    num_workers: int = Field(default=2, ge=0, description="DataLoader worker processes per training process")
+    buffer_size: int = Field(default=1000, ge=1, description="rows in the streaming shuffle buffer")
+    seed: int = Field(default=2048, description="seed of weights, data order and augmentation")
     checkpoint_every: int = Field(
         default=1000, ge=0, description="steps between checkpoints; 0 = only at the end"
     )
-    keep_checkpoints: int = Field(default=3, ge=1)
+    keep_checkpoints: int = Field(default=3, ge=1, description="newest checkpoints kept")
     resume: str | None = Field(default=None, description="'latest' or a checkpoint folder")
-    log_every: int = Field(default=50, ge=1)
+    log_every: int = Field(default=50, ge=1, description="steps between rows of train_log.csv")
     tensorboard: bool = Field(default=True, description="also write TensorBoard events when it is installed")
     eval_every: int = Field(
         default=0, ge=0, description="steps between verification runs; 0 = only at the end"
     )
     benchmarks: list[str] = Field(default_factory=list, description=".bin files or pairs.txt folders")
-    eval_batch_size: int = Field(default=64, ge=1)
-    find_unused_parameters: bool = False
-    progress: bool = True
+    eval_batch_size: int = Field(default=64, ge=1, description="batch size of the verification runs")
+    find_unused_parameters: bool = Field(
+        default=False, description="DDP option for methods with unused parameters"
+    )
+    progress: bool = Field(default=True, description="show a progress bar")
     export_onnx: bool = Field(
         default=True,
         description="also write backbone.onnx (dynamic batch) for the plain method; privacy variants skip it",
     )
+
+    calibrate_sensitivity: bool = Field(
+        default=False,
+        description="before training, set the method's per-coefficient sensitivity from data (DCTDP's "
+        "calibrate_sensitivity: each coefficient's range over the calibration images)",
+    )
+    calibration_data: list[str] | None = Field(
+        default=None,
+        description="shard folders for calibrate_sensitivity (identity-disjoint); None: the training data",
+    )
+    calibration_batches: int = Field(default=8, ge=1, description="batches of calibration_data to read")
 
     @model_validator(mode="after")
     def _check(self) -> RecognizerTrainConfig:
@@ -178,23 +193,6 @@ def lr_at(step: int, base_lr: float, total_steps: int, warmup_steps: int) -> flo
     return base_lr * max(0.0, 1.0 - (step - warmup_steps) / span)
 
 
-def lr_groups(method: nn.Module) -> list[dict[str, Any]]:
-    """The method's trainable parameters as optimizer groups, one per learning-rate multiplier.
-
-    Multipliers come from ``method.param_lr_multipliers()`` (prefix -> factor, longest prefix wins);
-    each group carries its factor as ``lr_scale``. Group order is fixed (factor 1 first, then by
-    first appearance), so a checkpoint's optimizer state matches on resume.
-    """
-    prefixes = sorted(method.param_lr_multipliers().items(), key=lambda item: -len(item[0]))
-    groups: dict[float, list[nn.Parameter]] = {1.0: []}
-    for name, param in method.named_parameters():
-        if not param.requires_grad:
-            continue
-        scale = next((float(f) for prefix, f in prefixes if name.startswith(prefix)), 1.0)
-        groups.setdefault(scale, []).append(param)
-    return [{"params": params, "lr_scale": scale} for scale, params in groups.items() if params]
-
-
 def augment(
     images: torch.Tensor,
     size: tuple[int, int],
@@ -222,41 +220,6 @@ def augment(
     return images
 
 
-def exact_batches(loader: Iterable[dict[str, Any]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Re-cut a loader's batches into exactly ``batch_size`` rows (the remainder is dropped).
-
-    With an IterableDataset each DataLoader worker batches its own rows, so ``drop_last`` would drop a
-    partial batch per worker; merging them keeps ``rows // batch_size`` batches per epoch, which Partial
-    FC's equal-batch rule and the even per-rank split need.
-    """
-    pending: dict[str, torch.Tensor] | None = None
-    for batch in loader:
-        part = {"image": batch["image"], "label": batch["label"]}
-        pending = part if pending is None else {k: torch.cat([pending[k], part[k]]) for k in part}
-        while pending["label"].shape[0] >= batch_size:
-            yield {k: v[:batch_size] for k, v in pending.items()}
-            pending = {k: v[batch_size:] for k, v in pending.items()}
-
-
-class _CsvLog:
-    """Append rows to a CSV file whose header is fixed by the first row (or the existing file)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fields: list[str] | None = None
-        if path.is_file():
-            with path.open(newline="") as handle:
-                self.fields = next(csv.reader(handle), None)
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.fields is None:
-            self.fields = list(row)
-            with self.path.open("w", newline="") as handle:
-                csv.writer(handle).writerow(self.fields)
-        with self.path.open("a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore").writerow(row)
-
-
 class MethodEncoder:
     """Duck-typed identity encoder over a method, for :mod:`facesynth.recognizers.verification`."""
 
@@ -276,51 +239,38 @@ class MethodEncoder:
         return F.normalize(out, dim=1) if normalize else out
 
 
-def _optimizer_state_tensors(
-    optimizer: torch.optim.Optimizer, param: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    state = optimizer.state.get(param, {})
-    return {f"optim.{k}": torch.as_tensor(v).detach().cpu().contiguous() for k, v in state.items()}
-
-
 def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
     """Train a recognizer as configured; returns a summary (the main process has the eval results)."""
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
-    from safetensors.torch import load_file, save_file
-    from torch.utils.data import DataLoader
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from tqdm.auto import tqdm
 
-    from facesynth.core.accelerator import make_accelerator
-    from facesynth.core.shard_reader import ShardDataset
     from facesynth.recognizers.heads import build_head
-    from facesynth.recognizers.methods import build_method, save_method
+    from facesynth.recognizers.methods import build_method
     from facesynth.recognizers.partial_fc import PartialFC
 
-    run_dir = Path(config.output_dir)
-    accelerator = make_accelerator(
-        config.mixed_precision,
-        project_config=ProjectConfiguration(project_dir=str(run_dir)),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)],
-    )
-    rank, world = accelerator.process_index, accelerator.num_processes
-    main = accelerator.is_main_process
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(run_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("facesynth").addHandler(handler)
-    try:
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)
+    with TrainingRun(
+        config.output_dir,
+        config=config,
+        mixed_precision=config.mixed_precision,
+        keep_checkpoints=config.keep_checkpoints,
+        tensorboard=config.tensorboard,
+        kwargs_handlers=[ddp],
+    ) as run:
+        accelerator, rank, world, device = run.accelerator, run.rank, run.world, run.accelerator.device
         sources, offsets, num_classes = resolve_sources(config.data)
+
+        # the model starts identical on every process; each process's class centres differ
         set_seed(config.seed)
         method = build_method(
             config.method, config.backbone, config.effective_backbone_kwargs(), **config.method_kwargs
         )
+        if config.calibrate_sensitivity:
+            _calibrate_sensitivity(method, config)
         input_size = method.input_size
-        torch.manual_seed(config.seed + 7919 * (rank + 1))  # distinct, reproducible centre init per rank
+        torch.manual_seed(config.seed + 7919 * (rank + 1))
         head = build_head(config.head, s=config.margin_scale, **config.head_kwargs)
-        partial_fc = PartialFC(head, method.embedding_size, num_classes, config.sample_rate).to(
-            accelerator.device
-        )
+        partial_fc = PartialFC(head, method.embedding_size, num_classes, config.sample_rate).to(device)
         set_seed(config.seed + rank)
 
         dataset = ShardDataset(
@@ -337,150 +287,79 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
         if steps_per_epoch < 1:
             raise ConfigError(
                 f"field 'batch_size': {config.batch_size} x {accumulate} accumulation step(s) is larger than "
-                f"the {dataset.rows_per_rank()} rows "
-                f"each of the {world} process(es) gets from {sources}"
+                f"the {dataset.rows_per_rank()} rows each of the {world} process(es) gets from {sources}"
             )
         total_steps = config.max_steps or steps_per_epoch * config.epochs
         warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-        base_lr = config.effective_lr()
 
+        # optimizers: the trainer's settings plus the groups the method declares (DCTDP's noise: Adam)
+        settings = TrainerOptimizer(
+            config.optimizer, config.effective_lr(), config.effective_weight_decay(), config.momentum
+        )
+        optimizers, schedules = build_optimizers(
+            method.named_parameters(), method.optimizer_groups(), settings, extra_groups=[[partial_fc.weight]]
+        )
         model_params = [p for p in method.parameters() if p.requires_grad]
-        groups = [*lr_groups(method), {"params": [partial_fc.weight], "lr_scale": 1.0}]
-        if config.optimizer == "sgd":
-            optimizer = torch.optim.SGD(
-                groups, lr=base_lr, momentum=config.momentum, weight_decay=config.effective_weight_decay()
-            )
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=base_lr, weight_decay=config.effective_weight_decay())
-        method, optimizer = accelerator.prepare(method, optimizer)
+        method, *optimizers = accelerator.prepare(method, *optimizers)
 
-        step, epoch, batch_in_epoch = 0, 0, 0
+        # checkpoints: accelerate's state + this process's class centres (they differ per process)
         pfc_file = f"partial_fc-rank{rank:05d}-of-{world:05d}.safetensors"
-        if config.resume:
-            checkpoint = find_checkpoint(run_dir, config.resume)
-            if checkpoint is None:
-                logger.info("no checkpoint in %s/checkpoints; starting a new run", run_dir)
-            else:
-                state = json.loads((checkpoint / TRAINER_STATE).read_text())
-                if state["num_classes"] != num_classes or state["world_size"] != world:
-                    raise FacesynthError(
-                        f"{checkpoint}: checkpoint has {state['num_classes']} classes on {state['world_size']} "
-                        f"process(es); this run has {num_classes} on {world} (resume needs the same data and "
-                        "process count)"
-                    )
-                try:
-                    accelerator.load_state(str(checkpoint))
-                except (RuntimeError, KeyError, ValueError) as exc:
-                    raise FacesynthError(
-                        f"{checkpoint}: checkpoint does not match this model ({exc})"
-                    ) from None
-                try:
-                    tensors = load_file(str(checkpoint / pfc_file))
-                except FileNotFoundError:
-                    raise FacesynthError(
-                        f"{checkpoint}: {pfc_file} is missing (incomplete checkpoint)"
-                    ) from None
-                tensors = {k: v.to(accelerator.device) for k, v in tensors.items()}
-                with torch.no_grad():
-                    partial_fc.weight.copy_(tensors.pop("weight"))
-                inner = getattr(optimizer, "optimizer", optimizer)
-                inner.state[partial_fc.weight] = {k[len("optim.") :]: v for k, v in tensors.items()}
-                step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-                logger.info(
-                    "resumed from %s at step %d (epoch %d, batch %d)", checkpoint, step, epoch, batch_in_epoch
-                )
-
-        if main:
-            (run_dir / "train_config.json").write_text(json.dumps(config.to_json_dict(), indent=2) + "\n")
-            logger.info(
-                "training %s/%s on %d classes, %d steps (%d per epoch), %d process(es), batch %d each"
-                " x %d accumulation step(s)",
-                config.method,
-                config.backbone,
-                num_classes,
-                total_steps,
-                steps_per_epoch,
-                world,
-                config.batch_size,
-                accumulate,
-            )
-
-        csv_log = _CsvLog(run_dir / "train_log.csv") if main else None
-        eval_log = _CsvLog(run_dir / "eval_log.csv") if main else None
-        writer = None
-        if main and config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                logger.info("tensorboard is not installed; logging to CSV only")
-        benchmark_sets = _load_benchmarks(config.benchmarks) if main else []
+        run.register_hooks(
+            save=lambda models, weights, folder: _save_partial_fc(
+                partial_fc, optimizers[0], Path(folder) / pfc_file
+            ),
+            load=None,
+        )
+        step, epoch, batch_in_epoch, last_loss = 0, 0, 0, float("nan")
+        resumed = run.resume(config.resume, expect={"num_classes": (num_classes, "classes")})
+        if resumed is not None:
+            _load_partial_fc(partial_fc, optimizers[0], resumed["checkpoint"] / pfc_file)
+            step, epoch, batch_in_epoch = resumed["step"], resumed["epoch"], resumed["batch_in_epoch"]
+            last_loss = float(resumed.get("loss", float("nan")))
+        start_step = step
+        logger.info(
+            "training %s/%s on %d classes, %d steps (%d per epoch), %d process(es), batch %d each"
+            " x %d accumulation step(s)",
+            *(config.method, config.backbone, num_classes, total_steps, steps_per_epoch, world),
+            *(config.batch_size, accumulate),
+        )
+        benchmark_sets = _load_benchmarks(config.benchmarks) if run.is_main else []
         evaluations: list[dict[str, Any]] = []
 
-        def checkpoint_now(at_step: int) -> None:
-            folder = run_dir / "checkpoints" / f"checkpoint-{at_step}"
-            partial = folder.with_name(folder.name + ".partial")
-            if main and partial.exists():
-                shutil.rmtree(partial)
-            accelerator.wait_for_everyone()
-            accelerator.save_state(str(partial))
-            inner = getattr(optimizer, "optimizer", optimizer)
-            tensors = {"weight": partial_fc.weight.detach().cpu().contiguous()}
-            tensors.update(_optimizer_state_tensors(inner, partial_fc.weight))
-            save_file(tensors, str(partial / pfc_file))
-            accelerator.wait_for_everyone()
-            if main:
-                state = {
-                    "step": at_step,
-                    "epoch": epoch,
-                    "batch_in_epoch": batch_in_epoch,
-                    "num_classes": num_classes,
-                    "world_size": world,
-                }
-                (partial / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
-                if folder.exists():
-                    shutil.rmtree(folder)
-                partial.rename(folder)
-                prune_checkpoints(folder.parent, config.keep_checkpoints)
-            accelerator.wait_for_everyone()
+        def state() -> dict[str, Any]:
+            return {
+                "epoch": epoch,
+                "batch_in_epoch": batch_in_epoch,
+                "num_classes": num_classes,
+                "loss": last_loss,
+            }
 
-        def evaluate_now(at_step: int) -> None:
-            if main and benchmark_sets:
-                encoder = MethodEncoder(accelerator.unwrap_model(method), accelerator.device, input_size)
+        def evaluate(at_step: int) -> None:  # every process calls this; the main one evaluates
+            if benchmark_sets:
+                encoder = MethodEncoder(accelerator.unwrap_model(method), device, input_size)
                 encoder.method.eval()
                 for result in _run_benchmarks(encoder, benchmark_sets, config.eval_batch_size):
-                    row = {"step": at_step, "benchmark": result["name"], "accuracy": result["accuracy"]}
+                    row = {"benchmark": result["name"], "accuracy": result["accuracy"]}
                     row["accuracy_std"] = result.get("accuracy_std")
-                    eval_log.write(row)
-                    evaluations.append(row)
-                    if writer is not None:
-                        writer.add_scalar(f"eval/{result['name']}/accuracy", result["accuracy"], at_step)
+                    run.log(row, at_step, file="eval_log.csv")
+                    evaluations.append({"step": at_step, **row})
                     logger.info("step %d: %s accuracy %.4f", at_step, result["name"], result["accuracy"])
-            accelerator.wait_for_everyone()
+            run.barrier()
 
         progress = tqdm(
-            total=total_steps,
-            initial=step,
-            disable=not (main and config.progress),
-            desc="train-recognizer",
-            unit="step",
+            total=total_steps, initial=step, disable=not (run.is_main and config.progress), unit="step"
         )
-        window_start, window_images = time.perf_counter(), 0
-        run_start, run_images, run_start_step = time.perf_counter(), 0, step
-        last_loss = float("nan")
-        device = accelerator.device
+        meter = Throughput()
         while step < total_steps:
             dataset.set_epoch(epoch)
             loader = DataLoader(
                 dataset,
                 batch_size=config.batch_size,
                 num_workers=config.num_workers,
-                drop_last=False,
                 pin_memory=device.type == "cuda",
                 generator=torch.Generator().manual_seed(config.seed * 1000 + epoch),
             )
-            batches: Iterator[dict[str, Any]] = exact_batches(loader, config.batch_size)
+            batches = exact_batches(loader, config.batch_size)
             for _ in range(batch_in_epoch * accumulate):  # resume mid-epoch: replay the order, skip batches
                 next(batches)
             while batch_in_epoch < steps_per_epoch and step < total_steps:
@@ -488,11 +367,13 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                     (config.seed * 1_000_003 + step * 7919 + rank) % (2**63)
                 )
                 method.train()
-                step_loss, used = 0.0, 0
+                terms: dict[str, float] = {}  # the step's mean over its micro-batches, term by term
+                used = 0
                 for batch in itertools.islice(batches, accumulate):
-                    images = batch["image"].to(device, non_blocking=True)
-                    labels = batch["label"].to(device, non_blocking=True)
-                    images = augment(images, input_size, config.flip, flip_rng, config.shift)
+                    images = augment(
+                        batch["image"].to(device), input_size, config.flip, flip_rng, config.shift
+                    )
+                    labels = batch["label"].to(device)
                     used += 1
                     # gradients sync across processes only on the step's last batch
                     with accelerator.no_sync(method) if used < accumulate else contextlib.nullcontext():
@@ -505,7 +386,10 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                                 "or use bf16 instead of fp16)"
                             )
                         accelerator.backward(loss / accumulate)
-                    step_loss += float(loss.detach()) / accumulate
+                    logged = {"loss": loss, "margin_loss": margin_loss}
+                    logged.update({f"aux_{k}": v for k, v in aux_losses.items()})
+                    for key, value in logged.items():
+                        terms[key] = terms.get(key, 0.0) + float(value.detach()) / accumulate
                 if used < accumulate:
                     raise ShardError(
                         f"{sources}: epoch {epoch} ended after {batch_in_epoch} of {steps_per_epoch} steps "
@@ -513,74 +397,114 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                     )
                 if config.grad_clip > 0:
                     accelerator.clip_grad_norm_(model_params, config.grad_clip)
-                lr = lr_at(step, base_lr, total_steps, warmup_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group["lr_scale"]
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                batch_in_epoch += 1
-                window_images += config.batch_size * accumulate * world
-                run_images += config.batch_size * accumulate * world
-                last_loss = step_loss
+                factor = lr_at(step, 1.0, total_steps, warmup_steps)
+                set_learning_rates(optimizers, schedules, factor)
+                for optimizer in optimizers:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                step, batch_in_epoch, last_loss = step + 1, batch_in_epoch + 1, terms["loss"]
+                meter.add(config.batch_size * accumulate * world)
                 progress.update(1)
                 if step % config.log_every == 0 or step == total_steps:
-                    elapsed = time.perf_counter() - window_start
-                    speed = window_images / max(elapsed, 1e-9)
-                    row = {"step": step, "epoch": epoch, "lr": lr, "loss": last_loss}
-                    row["margin_loss"] = float(margin_loss.detach())
-                    row.update({f"aux_{k}": float(v.detach()) for k, v in aux_losses.items()})
-                    row["images_per_s"] = round(speed, 2)
-                    if main:
-                        csv_log.write(row)
-                        if writer is not None:
-                            for key, value in row.items():
-                                if key not in ("step", "epoch"):
-                                    writer.add_scalar(f"train/{key}", value, step)
-                        progress.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2g}", img_s=f"{speed:.0f}")
-                    window_start, window_images = time.perf_counter(), 0
-                paused = time.perf_counter()
-                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
-                    checkpoint_now(step)
-                if config.eval_every and step % config.eval_every == 0 and step < total_steps:
-                    evaluate_now(step)
-                pause = (
-                    time.perf_counter() - paused
-                )  # checkpoints and evaluation do not count as training time
-                window_start += pause
-                run_start += pause
+                    speed = meter.window_rate()
+                    row = {
+                        "epoch": epoch,
+                        "lr": factor * settings.lr,
+                        **terms,
+                        "images_per_s": round(speed, 2),
+                    }
+                    run.log(row, step)
+                    progress.set_postfix(loss=f"{last_loss:.3f}", lr=f"{row['lr']:.2g}", img_s=f"{speed:.0f}")
+                with meter.paused():
+                    if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
+                        run.save_checkpoint(step, state())
+                    if config.eval_every and step % config.eval_every == 0 and step < total_steps:
+                        evaluate(step)
             if batch_in_epoch >= steps_per_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0
         progress.close()
-        total_time = time.perf_counter() - run_start
-        checkpoint_now(step)
-        evaluate_now(step)
-        if main:
-            save_method(
-                accelerator.unwrap_model(method),
-                run_dir,
-                metadata={"step": step, "num_classes": num_classes, "trained_on": list(sources)},
-            )
-            if config.export_onnx and config.method == "plain":
-                from facesynth.recognizers.onnx_export import export_onnx
 
-                backbone = copy.deepcopy(accelerator.unwrap_model(method).backbone)
-                export_onnx(backbone, run_dir / "backbone.onnx", input_size=tuple(input_size))
-            if writer is not None:
-                writer.close()
-        accelerator.wait_for_everyone()
-        speed = run_images / total_time if step > run_start_step and total_time > 0 else 0.0
-        logger.info("finished at step %d: loss %.4f, %.1f images/s", step, last_loss, speed)
-        return TrainResult(run_dir, step, num_classes, speed, last_loss, evaluations, main)
-    finally:
-        if main:
-            for h in list(logging.getLogger("facesynth").handlers):
-                if (
-                    isinstance(h, logging.FileHandler)
-                    and Path(h.baseFilename) == (run_dir / "train.log").resolve()
-                ):
-                    logging.getLogger("facesynth").removeHandler(h)
-                    h.close()
+        # the end: every process saves the last checkpoint and reaches each barrier
+        trained = step > start_step
+        speed = meter.total_rate()
+        if trained:
+            run.save_checkpoint(step, state())
+            evaluate(step)
+        if run.is_main:
+            _save_outputs(accelerator.unwrap_model(method), config, run.run_dir, step, num_classes, sources)
+        run.barrier()
+        if trained:
+            logger.info("finished at step %d: loss %.4f, %.1f images/s", step, last_loss, speed)
+        else:
+            logger.info("already finished at step %d (of %d); final weights written again", step, total_steps)
+        return TrainResult(run.run_dir, step, num_classes, speed, last_loss, evaluations, run.is_main)
+
+
+def _save_outputs(
+    method: Any, config: RecognizerTrainConfig, run_dir: Path, step: int, num_classes: int, sources: list[str]
+) -> None:
+    """The final weights (backbone + whole method) and, for the plain method, the ONNX export."""
+    from facesynth.recognizers.methods import save_method
+
+    metadata = {"step": step, "num_classes": num_classes, "trained_on": list(sources)}
+    save_method(method, run_dir, metadata=metadata)
+    if config.export_onnx and config.method == "plain":
+        from facesynth.recognizers.onnx_export import export_onnx
+
+        export_onnx(
+            copy.deepcopy(method.backbone), run_dir / "backbone.onnx", input_size=tuple(method.input_size)
+        )
+
+
+def _save_partial_fc(partial_fc: nn.Module, optimizer: Any, path: Path) -> None:
+    """This process's class centres and their optimizer state (they differ per process)."""
+    from safetensors.torch import save_file
+
+    inner = getattr(optimizer, "optimizer", optimizer)
+    tensors = {"weight": partial_fc.weight.detach().cpu().contiguous()}
+    for key, value in inner.state.get(partial_fc.weight, {}).items():
+        tensors[f"optim.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    save_file(tensors, str(path))
+
+
+def _load_partial_fc(partial_fc: nn.Module, optimizer: Any, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise FacesynthError(f"{path.parent}: {path.name} is missing (incomplete checkpoint)") from None
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign file
+        raise FacesynthError(f"{path}: unreadable class-centre state ({exc})") from None
+    tensors = {k: v.to(partial_fc.weight.device) for k, v in tensors.items()}
+    with torch.no_grad():
+        partial_fc.weight.copy_(tensors.pop("weight"))
+    inner = getattr(optimizer, "optimizer", optimizer)
+    inner.state[partial_fc.weight] = {k[len("optim.") :]: v for k, v in tensors.items()}
+
+
+def _calibrate_sensitivity(method: Any, config: RecognizerTrainConfig) -> None:
+    """Run the method's ``calibrate_sensitivity`` on the calibration data (DCTDP), before training."""
+    calibrate = getattr(method, "calibrate_sensitivity", None)
+    if calibrate is None:
+        raise ConfigError(
+            f"field 'calibrate_sensitivity': method {config.method!r} has no sensitivity to calibrate"
+        )
+    sources = config.calibration_data or config.data
+    rows = ShardDataset(sources, shuffle=False)
+    loader = DataLoader(rows, batch_size=config.batch_size, num_workers=0)
+    size = method.input_size
+    batches = (
+        augment(batch["image"], size, flip=False, generator=None)
+        for batch in itertools.islice(loader, config.calibration_batches)
+    )
+    sensitivity = calibrate(batches)
+    logger.info(
+        "calibrated the sensitivity on %s: median %.4g, max %.4g",
+        sources,
+        float(sensitivity.median()),
+        float(sensitivity.max()),
+    )
 
 
 def _load_benchmarks(specs: Sequence[str]) -> list[Any]:

@@ -158,3 +158,43 @@ def test_find_benchmarks_keeps_standard_order(tmp_path):
     for name in ("agedb_30", "lfw"):
         write_bin(tmp_path / f"{name}.bin", _faces(2), [True])
     assert [p.stem for p in find_benchmarks(tmp_path)] == ["lfw", "agedb_30"]
+
+
+# ---- issue 13.7: tiny hostile .bin files cannot make the loader allocate more than they carry
+
+
+def _np_reconstruct_pickle(shape: int, dtype: bytes = b"u1") -> bytes:
+    """_reconstruct(ndarray, (shape,), b'b') as a protocol-2 pickle: allocates shape x itemsize bytes."""
+    return (
+        b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+        + b"J"
+        + shape.to_bytes(4, "little")
+        + b"\x85C\x01b\x87R"
+        + b"cnumpy\ndtype\nX"
+        + len(dtype).to_bytes(4, "little")
+        + dtype
+        + b"K\x00K\x01\x87R\x86."
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_np_reconstruct_pickle(2_000_000_000), "would allocate 2,000,000,000 bytes"),
+        (_np_reconstruct_pickle(4, b"O"), "object"),
+        (_np_reconstruct_pickle(1, b"V100000000"), "dtype"),
+        (b"\x80\x05\x96" + (2**40).to_bytes(8, "little") + b"abc.", "not a readable"),  # BYTEARRAY8
+        (b"\x80\x02c__builtin__\nbytearray\nJ\x00\x00\x00\x7f\x85R.", "bytearray"),
+        (b"\x80\x02cnumpy\nndarray\nJ\x00\x00\x00\x7f\x85R.", "numpy.ndarray directly"),
+        (b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00id\x85R.", "refused to load global os.system"),
+    ],
+)
+def test_hostile_bin_is_refused_before_allocating(tmp_path, data, message):
+    import resource
+
+    path = tmp_path / "hostile.bin"
+    path.write_bytes(data)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(FacesynthError, match=message):
+        load_bin(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000  # KiB: no big allocation

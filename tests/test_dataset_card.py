@@ -145,3 +145,63 @@ def test_checkpoint_hash_is_found_in_nested_generator_configs():
     assert find_checkpoint_hash({"difficulty": "easy"}) is None
     card = build_dataset_card(facts(generator="id3", generator_config=config))
     assert "| checkpoint hash | `f00d` |" in card.text
+
+
+def test_licence_comes_from_the_model_metadata_never_from_its_path(tmp_path):
+    from facesynth.data_cards.dataset_card import saved_license
+
+    # an arcface_torch backbone.pth under a neutral path: nothing states its licence -> unknown
+    weights = tmp_path / "models" / "backbone.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"")
+    config = {"encoder": f"torch:{weights}"}
+    card = build_dataset_card(facts(generator="id3", generator_config=config))
+    assert card.data.to_dict()["license"] == "unknown"
+    assert "The licence is not known" in card.text and "--license ID" in card.text
+    # stated by the user
+    stated = build_dataset_card(facts(generator="id3", generator_config=config, encoder_license="mit"))
+    assert stated.data.to_dict()["license"] == "mit"
+    # stated by the model's own saved files
+    (weights.parent / "config.json").write_text('{"license": "apache-2.0"}')
+    assert saved_license(f"torch:{weights}") == "apache-2.0"
+    saved = build_dataset_card(facts(generator="id3", generator_config=config))
+    assert saved.data.to_dict()["license"] == "apache-2.0"
+    assert "The licence is not known" not in saved.text
+
+
+def test_publish_refuses_an_unknown_licence(tmp_path):
+    from facesynth.pipelines.publish import validate_dataset_card
+
+    write_dataset_card(
+        facts(generator="id3", generator_config={"encoder": "torch:/nowhere/backbone.pth"}), tmp_path
+    )
+    problems = validate_dataset_card(tmp_path, None, [])
+    assert any("licence unknown" in p and "--license" in p for p in problems), problems
+    write_dataset_card(facts(license="apache-2.0"), tmp_path)
+    assert not any("licen" in p for p in validate_dataset_card(tmp_path, None, []))
+
+
+def test_card_refuses_a_bad_repo_id_before_writing(tmp_path, capsys):
+    from facesynth.pipelines.cli import main
+
+    folder = tmp_path / "ds"
+    (folder / "data").mkdir(parents=True)
+    write_two_shards(folder / "data")
+    assert main(["card", str(folder), "--kind", "dataset", "--repo-id", "not a repo id!!"]) == 2
+    assert "--repo-id 'not a repo id!!' is not a valid Hub repo id" in capsys.readouterr().err
+    assert not (folder / "README.md").exists()
+
+
+def test_flag_value_alias_bomb_is_an_argparse_error():
+    """A YAML-typed flag value is measured with its aliases expanded and refused as a usage error."""
+    import argparse
+
+    from facesynth.core.cli_args import _yaml_value
+
+    value = "[&a [x,x,x,x,x,x,x,x,x,x]"
+    for name, prev in zip("bcdefgh", "abcdefg", strict=True):
+        value += f", &{name} [" + ",".join([f"*{prev}"] * 10) + "]"
+    value += "]"
+    with pytest.raises(argparse.ArgumentTypeError, match="YAML expands to more than"):
+        _yaml_value(value)
+    assert _yaml_value("[1, 2]") == [1, 2]

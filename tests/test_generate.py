@@ -175,7 +175,7 @@ def test_cli_reports_bad_input_with_exit_code(tmp_path, capsys):
     )
     assert "unknown name 'nope'" in capsys.readouterr().err
     assert main(["generate", "--identities", "-1", "--per-identity", "2", "--out", str(tmp_path / "y")]) == 2
-    assert "field 'identities'" in capsys.readouterr().err
+    assert "--identities: bad value -1" in capsys.readouterr().err
 
 
 def test_cli_config_file_sets_defaults(tmp_path, capsys):
@@ -201,7 +201,7 @@ def test_cli_config_file_sets_defaults(tmp_path, capsys):
         )
         == 2
     )
-    assert "unknown settings ['idenities']" in capsys.readouterr().err
+    assert "unknown setting 'idenities'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -278,3 +278,90 @@ def test_verify_names_each_problem(tmp_path):
     assert main(["verify", str(config.out)]) == 1
     (config.out / "facesynth.json").write_text("{not json")
     assert "manifest is not valid JSON" in verify_dataset(config.out)[0]
+
+
+# ---- issue 11.3 / 11.4 / 13.1 / 13.5 / 13.8: validate first, own folder only, one writer, bounded memory
+
+
+@pytest.mark.parametrize(
+    ("generator", "options", "message"),
+    [
+        ("foo", {}, "unknown name 'foo'"),
+        ("parametric", {"pipeline": "x"}, "pipeline"),
+        ("parametric", {"image_size": 1}, "image_size"),
+        ("parametric", {"no_such_key": 3}, "no_such_key"),
+    ],
+)
+def test_bad_generator_or_options_create_nothing(tmp_path, generator, options, message):
+    out = tmp_path / "ds"
+    config = GenerateConfig.from_mapping(
+        dict(generator=generator, identities=2, per_identity=2, out=out, options=options)
+    )
+    with pytest.raises(ConfigError, match=message):
+        generate_dataset(config, show_progress=False)
+    assert not out.exists()  # no plan.json: the corrected command is not refused afterwards
+
+
+def test_non_empty_foreign_folder_is_refused_unless_allowed(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    with pytest.raises(FacesynthError, match="not empty and is not a facesynth dataset.*notes.txt"):
+        generate_dataset(_config(out), show_progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    generate_dataset(_config(out, allow_non_empty_out=True), show_progress=False)
+    assert verify_dataset(out) == [] and (out / "notes.txt").read_text() == "my notes"
+    readme_only = tmp_path / "readme-only"
+    readme_only.mkdir()
+    (readme_only / "README.md").write_text("# my own project\n")
+    with pytest.raises(FacesynthError, match="holds README.md"):
+        generate_dataset(_config(readme_only), show_progress=False)
+
+
+def test_card_never_overwrites_a_users_readme(tmp_path):
+    from facesynth.core.ownership import check_may_write, owned_write
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# my project\n")
+    with pytest.raises(FacesynthError, match="not written by facesynth"), owned_write(readme) as handle:
+        handle.write(b"card")
+    assert readme.read_text() == "# my project\n"
+    readme.unlink()
+    with owned_write(readme) as handle:
+        handle.write(b"card v1")
+    check_may_write(readme)  # ours, unchanged: may be rewritten
+    readme.write_text("edited by hand")
+    with pytest.raises(FacesynthError):
+        check_may_write(readme)
+
+
+def test_second_generate_into_a_locked_folder_is_refused(tmp_path):
+    from facesynth.core.locks import LockedError, acquire
+
+    out = tmp_path / "ds"
+    code = (
+        "import time; from facesynth.core.locks import acquire; "
+        f"lock = acquire({str(out)!r}, 'generate'); print('held', flush=True); time.sleep(30)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockedError, match=f"pid {holder.pid}"):
+            generate_dataset(_config(out), show_progress=False)
+        assert not list(out.glob("data/*.parquet")) and not (out / ".facesynth" / "plan.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    generate_dataset(_config(out), show_progress=False)  # the dead holder's lock is taken over
+    assert verify_dataset(out) == []
+    acquire(out, "check").release()  # and the finished run released its own
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [({"identities": 10**9}, "GiB of per-identity state"), ({"per_identity": 10**9}, "images per shard")],
+)
+def test_absurd_sizes_are_refused_with_the_number(tmp_path, kw, message):
+    with pytest.raises(FacesynthError, match=message):
+        generate_dataset(_config(tmp_path / "ds", **kw), show_progress=False)
+    assert not (tmp_path / "ds").exists()

@@ -185,3 +185,29 @@ def test_pipeline_folder_from_another_model_is_refused(tmp_path):
     index.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="condition_encoder entry"):
         ID3Pipeline.from_pretrained(tmp_path / "id3")
+
+
+def test_saved_pipeline_records_the_identity_encoder_as_an_absolute_path(tmp_path, monkeypatch):
+    """A relative ``torch:runs/rec`` typed in one folder must still load from another (issue 13.12)."""
+    (tmp_path / "runs" / "rec").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    tiny = tiny_pipeline()
+    pipe = ID3Pipeline(
+        unet=tiny.unet,
+        scheduler=tiny.scheduler,
+        condition_encoder=tiny.condition_encoder,
+        identity_encoder_spec="torch:runs/rec",
+    )
+    pipe.save_pretrained(tmp_path / "pipe")
+    monkeypatch.chdir(tmp_path / "runs")
+    spec = ID3Pipeline.from_pretrained(tmp_path / "pipe").config["identity_encoder_spec"]
+    assert spec == f"torch:{(tmp_path / 'runs' / 'rec').resolve()}"
+    assert (
+        ID3Pipeline(  # names that are no local path stay as they are
+            unet=tiny.unet,
+            scheduler=tiny.scheduler,
+            condition_encoder=tiny.condition_encoder,
+            identity_encoder_spec="insightface:buffalo_l",
+        ).config["identity_encoder_spec"]
+        == "insightface:buffalo_l"
+    )

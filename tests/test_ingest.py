@@ -54,7 +54,8 @@ def test_ingest_identity_tree_with_bad_files(tmp_path, tiny_model):
     result = ingest(config, show_progress=False)
     assert (result.num_identities, result.num_images, result.num_skipped) == (3, 9, 3)
     report = json.loads((out / REPORT_NAME).read_text())
-    reasons = {item["item"].split("/src/")[1]: item["reason"] for item in report["skipped"]}
+    reasons = {item["item"]: item["reason"] for item in report["skipped"]}  # relative: no local paths
+    assert str(tmp_path) not in (out / REPORT_NAME).read_text() and report["source"] == "src"
     assert set(reasons) == {"bob/broken.jpg", "carol/banner.png", "dave/notes.jpg"}
     assert reasons["bob/broken.jpg"].startswith("unreadable")
     assert "too far from square" in reasons["carol/banner.png"]
@@ -183,7 +184,11 @@ def test_ingest_cli(tmp_path, tiny_model, capsys):
     assert main(["ingest", str(src), "--out", str(tmp_path / "o3"), "--aligner", "mtcnn"]) == 2
     assert main(["ingest", str(src), "--out", str(tmp_path / "o4"), "--rows-per-shard", "0"]) == 2
     err = capsys.readouterr().err
-    assert "ingest source not found" in err and "unknown aligner" in err and "rows_per_shard" in err
+    assert (
+        "ingest source not found" in err
+        and "unknown aligner" in err
+        and "--rows-per-shard: bad value 0" in err
+    )
 
 
 def test_ingest_from_shards_keeps_attributes(tmp_path):
@@ -203,3 +208,43 @@ def test_ingest_from_shards_keeps_attributes(tmp_path):
     write_shard(tmp_path / "src" / shard_name(0, 1), rows_to_table(rows, None))
     ingest(IngestConfig(source=tmp_path / "src", out=tmp_path / "out"), show_progress=False)
     assert [r["attributes"] for r in _all_rows(tmp_path / "out")] == pose
+
+
+# ---- issue 13.2: a kill anywhere in the finish step is completed by the rerun
+
+
+@pytest.mark.parametrize("kill_at", ["second move", "report", "manifest"])
+def test_kill_during_finish_is_completed_by_rerun(tmp_path, tiny_model, monkeypatch, kill_at):
+    import facesynth.pipelines.ingest as ingest_module
+
+    src = _tree(tmp_path / "src")
+    settings = dict(source=src, encoder=f"torch:{tiny_model}", rows_per_shard=4)
+    out = tmp_path / "out"
+    real_replace, real_json = ingest_module.os.replace, ingest_module.write_json_atomic
+    moves = []
+
+    def replace(a, b):
+        if str(a).endswith(".parquet") and "ingest_staging" in str(a):  # a finish-step move
+            moves.append(b)
+        if kill_at == "second move" and len(moves) == 2:
+            raise KeyboardInterrupt
+        real_replace(a, b)
+
+    def write_json(path, data):
+        name = {"report": REPORT_NAME, "manifest": "facesynth.json"}.get(kill_at)
+        if name and path.name == name:
+            raise KeyboardInterrupt
+        real_json(path, data)
+
+    monkeypatch.setattr(ingest_module.os, "replace", replace)
+    monkeypatch.setattr(ingest_module, "write_json_atomic", write_json)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(IngestConfig(out=out, **settings), show_progress=False)
+    assert not (out / "facesynth.json").exists()
+    monkeypatch.undo()
+    aligned = []
+    monkeypatch.setattr(ingest_module, "list_source", lambda config: aligned.append(1) or [])
+    result = ingest(IngestConfig(out=out, **settings), show_progress=False)
+    assert not aligned  # nothing recomputed: the recorded finish step was completed
+    assert (result.num_identities, result.num_images) == (3, 9)
+    assert verify_dataset(out) == [] and not (out / ".facesynth" / "ingest_staging").exists()

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from facesynth.core.errors import FacesynthError
+from facesynth.core.optim_groups import TrainerOptimizer, build_optimizers
 from facesynth.privacy.api import build_privacy_method, load_privacy_method
 from facesynth.recognizers.methods import save_method
-from facesynth.recognizers.trainer import lr_groups
 
 GEN = (4, 8)
 
@@ -32,10 +32,15 @@ def test_stage1_losses_and_generator_learning_rate_group():
     assert set(aux) == {"minusface_l1"} and aux["minusface_l1"].item() > 0
     assert method.backbone.conv1.weight.shape[1] == 192
     # g trains at 0.1x the recognizer's learning rate: its own optimizer group in the shared trainer
-    groups = {g["lr_scale"]: g["params"] for g in lr_groups(method)}
-    assert set(groups) == {1.0, 0.1}
-    assert {id(p) for p in groups[0.1]} == {id(p) for p in method.generator.parameters()}
-    assert len(groups[1.0]) + len(groups[0.1]) == len([p for p in method.parameters() if p.requires_grad])
+    trainer = TrainerOptimizer("sgd", lr=0.1, weight_decay=5e-4)
+    (optimizer,), (schedules,) = build_optimizers(
+        method.named_parameters(), method.optimizer_groups(), trainer
+    )
+    groups = {s.base_lr: g["params"] for g, s in zip(optimizer.param_groups, schedules, strict=True)}
+    assert sorted(groups) == pytest.approx([0.01, 0.1])
+    generator_group = next(v for k, v in groups.items() if k < 0.05)
+    assert {id(p) for p in generator_group} == {id(p) for p in method.generator.parameters()}
+    assert sum(map(len, groups.values())) == len([p for p in method.parameters() if p.requires_grad])
     sparse = _method(stage=1, sparsity_weight=1e-3).train()
     assert "minusface_sparsity" in sparse(images, labels)[1]
 

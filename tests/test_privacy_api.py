@@ -174,3 +174,57 @@ def test_bench_privacy_command_reports_mean_and_std_over_seeds(tmp_path: Path, c
     assert "at least 3 seeds" in capsys.readouterr().err
     assert main([*argv[:2], "dctdp", *argv[3:], "--out", str(out), "--device", "cpu"]) == 2
     assert "not 'dctdp'" in capsys.readouterr().err
+
+
+# ---- issue 13.10: the server checks what it is sent
+
+
+def _tampered(payload: Payload, tensor=None, extras=None) -> Payload:
+    """A payload object whose tensors were swapped after construction (as a hostile client would send)."""
+    bad = Payload(payload.tensor.clone(), payload.header, dict(payload.extras))
+    if tensor is not None:
+        object.__setattr__(bad, "tensor", tensor)
+    if extras is not None:
+        object.__setattr__(bad, "extras", extras)
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.clone().fill_(float("nan")), "NaN or infinite"),
+        (lambda t: t.clone().fill_(float("inf")), "NaN or infinite"),
+        (lambda t: t.clone().fill_(1e38), "beyond the method's bound"),
+        (lambda t: t.double(), "dtype float64"),
+        (lambda t: t.half(), "dtype float16"),
+        (lambda t: t.to(torch.int8), "dtype int8"),
+        (lambda t: t > 0, "dtype bool"),
+    ],
+)
+def test_recognize_refuses_hostile_values(change, message) -> None:
+    method = build_privacy_method("dctdp", "tiny", SMALL).eval()
+    payload = method.protect(_images(2), seed=0)
+    assert torch.isfinite(method.recognize(payload)).all()
+    with pytest.raises(FacesynthError, match=message):
+        method.recognize(Payload(change(payload.tensor), payload.header))
+    with pytest.raises(FacesynthError, match=message):  # also when swapped in after validation
+        method.recognize(_tampered(payload, tensor=change(payload.tensor)))
+
+
+def test_bad_extras_are_refused() -> None:
+    method = build_privacy_method("dctdp", "tiny", SMALL).eval()
+    payload = method.protect(_images(2), seed=0)
+    with pytest.raises(FacesynthError, match="extras must map names to tensors"):
+        method.recognize(_tampered(payload, extras=[]))
+    blob = payload.to_bytes()
+    import json as _json
+
+    n = int.from_bytes(blob[:8], "little")
+    header = _json.loads(blob[8 : 8 + n])
+    meta = _json.loads(header["__metadata__"]["facesynth_payload"])
+    meta["extras"] = []
+    header["__metadata__"]["facesynth_payload"] = _json.dumps(meta)
+    text = _json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with pytest.raises(FacesynthError, match="payload header is not valid"):
+        Payload.from_bytes(len(text).to_bytes(8, "little") + text + blob[8 + n :])

@@ -187,8 +187,9 @@ def test_model_folder_dry_run_and_pickle_refusal(tmp_path):
     assert result.plan.repo_type == "model"
     assert [p for p, _ in result.plan.files] == ["README.md", "backbone.safetensors", "backbone_config.json"]
     (folder / "backbone.pth").write_bytes(b"not really a pickle")
-    with pytest.raises(FacesynthError, match="pickle-based files"):
-        publish(folder, "me/tiny-model", dry_run=True, api=ForbiddenApi())
+    result = publish(folder, "me/tiny-model", dry_run=True, api=ForbiddenApi())  # left out, not refused
+    assert "backbone.pth" not in [p for p, _ in result.plan.files] and "backbone.pth" in result.plan.left_out
+    assert any("pickle-based" in w for w in result.plan.warnings)
 
 
 def test_hub_limits():
@@ -216,3 +217,55 @@ def test_ignored_files_are_not_listed(tmp_path):
     (tmp_path / "data" / ".train-00000.parquet.123.tmp").write_text("x")
     (tmp_path / "data" / "train-00000-of-00001.parquet").write_text("x")
     assert [p for p, _ in list_upload_files(tmp_path)] == ["data/train-00000-of-00001.parquet"]
+
+
+# ---- issues 11.8 and 13.6: publish exactly what the listing shows; model folders; "1 problem"
+
+
+def test_links_and_unlisted_files_are_never_uploaded(copy, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("token")
+    (copy / "notes.txt").write_text("mine")
+    (copy / "leak.txt").symlink_to(secret)
+    (copy / "figures" / "evil").symlink_to(tmp_path, target_is_directory=True)
+    api = RecordingApi()
+    result = publish(copy, "me/tiny", api=api, check_loading=False)
+    paths = [p for p, _ in result.plan.files]
+    assert "leak.txt" not in paths and "notes.txt" not in paths and not any("evil" in p for p in paths)
+    assert "notes.txt" in result.plan.left_out
+    upload = next(kwargs for name, _, kwargs in api.calls if name == "upload_folder")
+    assert upload["allow_patterns"] == [p for p, _ in result.plan.files]  # the upload sends the listing
+
+
+def test_manifest_entry_outside_the_folder_is_refused(copy):
+    import json
+
+    manifest = json.loads((copy / "facesynth.json").read_text())
+    manifest["shards"][0]["file"] = "../outside/x.parquet"
+    (copy / "facesynth.json").write_text(json.dumps(manifest))
+    with pytest.raises(FacesynthError, match=r"(?s)not ready to publish.*inside the folder"):
+        publish(copy, "me/tiny", dry_run=True, api=ForbiddenApi())
+
+
+def test_trained_model_folder_publishes_without_checkpoints(tmp_path):
+    from facesynth.recognizers.backbones import build_backbone, save_backbone
+
+    folder = save_backbone(build_backbone("tiny"), tmp_path / "model")
+    (folder / "checkpoints" / "step-10").mkdir(parents=True)
+    (folder / "checkpoints" / "step-10" / "optimizer.bin").write_bytes(b"pickle")
+    (folder / "bench").mkdir()
+    (folder / "bench" / "bench.json").write_text("{}")
+    (folder / "README.md").write_text("---\nlicense: mit\ntags:\n- facesynth\n---\n# model\n")
+    result = publish(folder, "me/model", dry_run=True, api=ForbiddenApi())
+    paths = [p for p, _ in result.plan.files]
+    assert (
+        "bench/bench.json" in paths
+        and "README.md" in paths
+        and any(p.endswith(".safetensors") for p in paths)
+    )
+    assert not any(p.startswith("checkpoints/") for p in paths)
+    assert "checkpoints/step-10/optimizer.bin" in result.plan.left_out
+    assert "left out (1)" in result.plan.describe()
+    (folder / "backbone.safetensors").unlink()
+    with pytest.raises(FacesynthError, match=r"\(1 problem\):\n  - .*no \*\.safetensors"):
+        publish(folder, "me/model", dry_run=True, api=ForbiddenApi(), repo_type="model")

@@ -101,3 +101,25 @@ def test_undecodable_image_is_skipped_and_logged_or_raised(tmp_path, caplog):
     assert "row 2: skipping undecodable image" in caplog.text and "skipped 1 undecodable" in caplog.text
     with pytest.raises(ShardError, match="row 2: undecodable image"):
         list(ShardDataset(tmp_path, shuffle=False, skip_bad_images=False))
+
+
+def test_one_row_group_is_strided_over_ranks(tmp_path, caplog):
+    """Issue 12 bug 6: fewer row groups than ranks -> every rank strides rows, and says so."""
+    from facesynth.tests.shard_fixtures import face_rows, write_dataset
+
+    write_dataset(tmp_path, [face_rows(range(9))])
+    with caplog.at_level("INFO", logger="facesynth.core.shard_reader"):
+        parts = [ShardDataset(tmp_path, rank=r, world_size=2, shuffle=False) for r in range(2)]
+    assert "every 2-th row" in caplog.text
+    rows = [[int(round((float(i["image"][0, 0, 0]) + 1) * 127.5)) for i in part] for part in parts]
+    assert rows == [[0, 2, 4, 6], [1, 3, 5, 7]] and len(parts[0]) == 4
+    uneven = [list(ShardDataset(tmp_path, rank=r, world_size=2, even_split=False)) for r in range(2)]
+    assert [len(u) for u in uneven] == [5, 4]
+
+
+def test_mixed_image_sizes_are_named_by_the_reader(tmp_path):
+    from facesynth.tests.shard_fixtures import face_rows, write_dataset
+
+    write_dataset(tmp_path, [face_rows([0, 1], size=112) + face_rows([2, 3], size=1)])
+    with pytest.raises(ShardError, match=r"row 2: image is 1x1, the dataset's first is 112x112"):
+        list(ShardDataset(tmp_path, shuffle=False))

@@ -147,10 +147,11 @@ def test_two_cpu_processes_under_torchrun_train_one_model(faces, tmp_path):
     run = tmp_path / "run"
     done = run_cli(
         "train-recognizer",
-        *("--data", str(faces), "--output-dir", str(run), "--backbone", "tiny", "--input-size", "32"),
+        *("--data", str(faces), "--out", str(run), "--backbone", "tiny", "--input-size", "32"),
         *("--batch-size", "8", "--max-steps", "3", "--gradient-accumulation-steps", "2"),
+        *("--checkpoint-every", "2"),  # the final save (step 3) is off a checkpoint boundary
         *("--sample-rate", "0.5", "--num-workers", "0", "--log-every", "1"),
-        *("--no-progress", "--no-tensorboard", "--no-onnx"),
+        *("--no-progress", "--no-tensorboard", "--no-export-onnx"),
         nproc=2,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -160,31 +161,38 @@ def test_two_cpu_processes_under_torchrun_train_one_model(faces, tmp_path):
     # Partial FC shards the class centres: one file per rank
     names = sorted(p.name for p in (run / "checkpoints" / "checkpoint-3").glob("partial_fc-*"))
     assert names == ["partial_fc-rank00000-of-00002.safetensors", "partial_fc-rank00001-of-00002.safetensors"]
-    assert load_backbone(run) is not None
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    assert load_backbone(run) is not None and load_method(run).embedding_size > 0
 
 
-def test_method_learning_rate_multipliers_become_optimizer_groups(faces, tmp_path):
+def test_method_optimizer_groups_get_their_own_optimizer_and_schedule(faces, tmp_path):
     import facesynth.privacy  # noqa: F401  (registers dctdp)
 
+    # DCTDP declares TFace's settings for its noise: its own Adam at lr 0.1, no weight decay
     result = train_recognizer(
         small_config(
             [faces],
             tmp_path / "run",
             input_size=None,
             method="dctdp",
-            method_kwargs={"noise_lr_multiplier": 10.0},
+            backbone_kwargs={"input_size": [16, 16]},
             max_steps=2,
             checkpoint_every=2,
             lr=0.05,
+            warmup_epochs=0,
             export_onnx=False,
         )
     )
     checkpoint = result.run_dir / "checkpoints" / "checkpoint-2"
-    groups = torch.load(checkpoint / "optimizer.bin", weights_only=True)["param_groups"]
-    scales = sorted(g["lr_scale"] for g in groups)
-    assert scales == [1.0, 1.0, 10.0]  # backbone, Partial FC centres, DCTDP noise
-    for group in groups:  # the last step's learning rate, times each group's multiplier
-        assert group["lr"] == pytest.approx(groups[0]["lr"] * group["lr_scale"])
+    sgd = torch.load(checkpoint / "optimizer.bin", weights_only=True)
+    adam = torch.load(checkpoint / "optimizer_1.bin", weights_only=True)
+    assert "momentum" in sgd["param_groups"][0] and "betas" in adam["param_groups"][0]
+    assert [g["weight_decay"] for g in sgd["param_groups"]] == [5e-4, 5e-4]  # backbone, class centres
+    (noise,) = adam["param_groups"]
+    assert noise["weight_decay"] == 0.0 and len(noise["params"]) == 2  # rhos, locs
+    # the last step (1 of 2) ran at half of each group's base lr: the stage's linear decay
+    assert sgd["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.5)
+    assert noise["lr"] == pytest.approx(0.1 * 0.5)
 
 
 def test_method_aux_losses_are_trained_and_logged(faces, tmp_path):
@@ -293,3 +301,16 @@ def test_periodic_verification_on_a_benchmark_file(faces, tmp_path):
     assert [int(r["step"]) for r in logged] == [2, 4]
     assert all(r["benchmark"] == "mini" and 0.0 <= float(r["accuracy"]) <= 1.0 for r in logged)
     assert [e["step"] for e in result.evaluations] == [2, 4]
+
+
+def test_calibrate_sensitivity_is_a_config_field(faces, tmp_path):
+    import facesynth.privacy  # noqa: F401  (registers dctdp)
+
+    settings = dict(input_size=None, backbone_kwargs={"input_size": [16, 16]}, max_steps=1, export_onnx=False)
+    settings.update(calibrate_sensitivity=True, calibration_batches=2)
+    result = train_recognizer(small_config([faces], tmp_path / "cal", method="dctdp", **settings))
+    sensitivity = load_method(result.run_dir).noise.sensitivity
+    assert sensitivity.min() >= 1e-3 and not torch.allclose(sensitivity, torch.ones_like(sensitivity))
+    assert "calibrated the sensitivity" in (result.run_dir / "train.log").read_text()
+    with pytest.raises(ConfigError, match="calibrate_sensitivity.*no sensitivity"):
+        train_recognizer(small_config([faces], tmp_path / "plain", **settings))

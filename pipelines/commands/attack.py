@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
+from functools import cache
+
+from facesynth.core.cli_args import CliSpec, add_config_arguments, config_from_args
+
+logger = logging.getLogger(__name__)
 
 HELP = "recovery attack on a privacy method's payloads: U-Net decoder + ridge inverse, PSNR/SSIM/identity leakage"
 DESCRIPTION = """\
@@ -17,80 +23,64 @@ Use --target rgb for the unprotected baseline. Writes OUT/attack.json, OUT/attac
 examples:
   facesynth attack --target runs/minusface-s2 --public runs/public --victims runs/victims \\
       --encoder torch:runs/rgb-encoder --out runs/attack-minusface
-  facesynth attack --target rgb --public runs/param200 --public-fraction 0.5 --out runs/attack-rgb
+  facesynth attack --target rgb --public runs/param200 --public-fraction 0.5 \\
+      --encoder torch:runs/rec --out runs/attack-rgb
+
+Without --encoder, identity leakage, attack success and rank-1 cannot be scored (PSNR/SSIM only).
 """
 
 
+MISSING_ENCODER = (
+    "identity leakage, attack success and rank-1 need an independent identity encoder: add "
+    "--encoder torch:RUN (e.g. the recognizer trained in the README's Quickstart, torch:runs/rec) or "
+    "--encoder onnx:MODEL.onnx"
+)
+
+
+@cache
+def cli_spec() -> CliSpec:
+    from facesynth.pipelines.attack import AttackStageConfig
+
+    return CliSpec(
+        AttackStageConfig,
+        flags={"output_dir": ["--out"]},
+        deprecated={"output_dir": ["--output-dir", "--output"]},
+        help={
+            "output_dir": "report folder (attack.json, attack.md, samples.png)",
+            "max_public_images": "cap on the attacker's public images",
+            "max_victim_images": "cap on the victims' images",
+            "decoder_steps": "training steps of the U-Net recovery decoder",
+            "decoder_widths": "channel widths of the decoder's levels",
+            "decoder_lr": "decoder learning rate",
+            "batch_size": "decoder batch size",
+            "ridge": "also fit the ridge-regression linear inverse",
+            "ridge_mode": "ridge inverse per local patch (local) or on the pooled payload (global)",
+            "ridge_alpha": "ridge regularisation strength",
+            "ridge_kernel": "patch side of the local ridge inverse",
+            "ridge_positions": "sampled positions per image (local)",
+            "ridge_pool": "average pooling of the payload (global)",
+            "far": "false-accept rate of the attack-success threshold",
+            "seed": "seed of the split, sampling and decoder",
+            "progress": "show progress bars",
+        },
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", required=True, help="trained privacy-method folder, or 'rgb'")
-    parser.add_argument("--public", nargs="+", required=True, metavar="DIR", help="attacker's shard folders")
-    parser.add_argument("--victims", nargs="*", default=[], metavar="DIR", help="victims' shard folders")
-    parser.add_argument(
-        "--public-fraction",
-        type=float,
-        default=0.5,
-        help="without --victims: share of identities (sorted) given to the attacker, the rest are victims",
-    )
-    parser.add_argument("--out", required=True, help="report folder")
-    parser.add_argument(
-        "--encoder", default=None, help="independent identity encoder: torch:PATH, onnx:PATH, ..."
-    )
-    parser.add_argument("--max-public-images", type=int, default=2000)
-    parser.add_argument("--max-victim-images", type=int, default=500)
-    parser.add_argument("--decoder-steps", type=int, default=500)
-    parser.add_argument("--decoder-widths", type=int, nargs="+", default=[32, 64, 128, 256])
-    parser.add_argument("--decoder-lr", type=float, default=1e-3)
-    parser.add_argument(
-        "--identity-weight", type=float, default=0.0, help="identity loss weight (torch: encoder)"
-    )
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--no-ridge", action="store_true", help="skip the ridge inverse")
-    parser.add_argument("--ridge-mode", choices=["local", "global"], default="local")
-    parser.add_argument("--ridge-alpha", type=float, default=1.0)
-    parser.add_argument("--ridge-kernel", type=int, default=3)
-    parser.add_argument(
-        "--ridge-positions", type=int, default=512, help="sampled positions per image (local)"
-    )
-    parser.add_argument("--ridge-pool", type=int, default=4, help="average pooling of the payload (global)")
-    parser.add_argument("--far", type=float, default=1e-3, help="false-accept rate of the success threshold")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-progress", action="store_true")
+    add_config_arguments(parser, cli_spec())
 
 
 def run(args: argparse.Namespace) -> int:
-    import facesynth.privacy  # noqa: F401  (registers the privacy methods)
-    from facesynth.pipelines.attack import AttackStageConfig, markdown_report, run_attack_stage
+    from facesynth.pipelines.attack import markdown_report, run_attack_stage
 
-    config = AttackStageConfig.from_mapping(
-        {
-            "target": args.target,
-            "public": args.public,
-            "victims": args.victims,
-            "public_fraction": args.public_fraction,
-            "output_dir": args.out,
-            "encoder": args.encoder,
-            "max_public_images": args.max_public_images,
-            "max_victim_images": args.max_victim_images,
-            "decoder_steps": args.decoder_steps,
-            "decoder_widths": args.decoder_widths,
-            "decoder_lr": args.decoder_lr,
-            "identity_weight": args.identity_weight,
-            "batch_size": args.batch_size,
-            "ridge": not args.no_ridge,
-            "ridge_mode": args.ridge_mode,
-            "ridge_alpha": args.ridge_alpha,
-            "ridge_kernel": args.ridge_kernel,
-            "ridge_positions": args.ridge_positions,
-            "ridge_pool": args.ridge_pool,
-            "far": args.far,
-            "seed": args.seed,
-            "device": args.device,
-            "progress": not args.no_progress,
-        },
-        source="facesynth attack",
-    )
+    config = config_from_args(cli_spec(), args)
+    if not config.encoder:
+        logger.warning("no --encoder: %s", MISSING_ENCODER)
     results = run_attack_stage(config)
     print(markdown_report(results))
+    if not config.encoder:
+        print(f"note: {MISSING_ENCODER}.")
+    if config.target != "rgb":
+        print("note: for the unprotected baseline, run the same command with --target rgb.")
     print(f"report: {config.output_dir}/attack.md (attack.json, samples.png)")
     return 0

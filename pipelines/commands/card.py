@@ -14,8 +14,8 @@ folders get a card from backbone_config.json, a recipe file and a benchmarks JSO
 
 examples:
   facesynth card runs/param100 --repo-id me/facesynth-param100
-  facesynth card runs/recognizer --kind model --benchmarks runs/recognizer/benchmarks.json \\
-      --training-data me/facesynth-param100
+  facesynth card runs/rec --kind model --training-data me/facesynth-param100 --license apache-2.0
+      (bench results are read from runs/rec/bench/bench.json; --benchmarks FILE to name another)
 """
 
 
@@ -26,7 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--repo-id", help="Hub repo id the card refers to (for the loading snippet / links)")
     parser.add_argument(
-        "--license", help="Hub licence id (default: cc-by-nc-4.0 if insightface-derived, else open)"
+        "--license",
+        help="Hub licence id of the card (default: the source models' saved licence; 'unknown' when "
+        "they state none, and publish refuses it)",
+    )
+    parser.add_argument(
+        "--encoder-license",
+        help="licence of the models that made or embedded the data, when their files do not state it "
+        "(datasets only; default: read from the models' saved metadata)",
     )
     parser.add_argument("--pretty-name", help="dataset title (datasets only; default: the folder name)")
     parser.add_argument(
@@ -51,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             "pretty_name": args.pretty_name,
             "source_datasets": args.source_dataset,
             "tags": args.tag,
+            "encoder_license": args.encoder_license,
         }
     else:
         options = {

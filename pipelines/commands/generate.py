@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from functools import cache
+
+from facesynth.core.cli_args import CliSpec, add_config_arguments, config_from_args
 
 HELP = "generate a synthetic face dataset into Parquet shards (sharded, deterministic, resumable)"
 DESCRIPTION = """\
@@ -18,52 +20,44 @@ examples:
 """
 
 
+@cache
+def cli_spec() -> CliSpec:
+    from facesynth.pipelines.generate import GenerateConfig
+
+    return CliSpec(
+        GenerateConfig,
+        flags={"options": ["-o", "--option"]},
+        help={
+            "generator": "registered generator name (parametric, id3, ...)",
+            "out": "output dataset folder",
+            "seed": "global seed; every image is seeded from (seed, identity, index)",
+            "image_format": "image encoding in the shards",
+            "options": "generator option, repeatable (e.g. -o pipeline=DIR -o id_guidance=0.5)",
+        },
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, cli_spec())
     parser.add_argument(
-        "--generator", default="parametric", help="registered generator name (default: parametric)"
+        "--generator-config", metavar="FILE", help="YAML/TOML/JSON file of generator options (-o wins)"
     )
-    parser.add_argument("--identities", type=int, required=True, help="number of identities N")
-    parser.add_argument("--per-identity", type=int, required=True, help="images per identity M")
-    parser.add_argument("--out", type=Path, required=True, help="output dataset folder")
-    parser.add_argument("--seed", type=int, default=0, help="global seed (default 0)")
-    parser.add_argument("--shard-size", type=int, default=5000, help="target images per shard (default 5000)")
     parser.add_argument(
-        "--image-format", choices=["png", "jpeg"], default="png", help="image encoding (default png)"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show a progress bar (default: on)",
     )
-    parser.add_argument("--batch-size", type=int, default=None, help="requests per generator call")
-    parser.add_argument(
-        "-o",
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="generator option, repeatable (e.g. -o pipeline=DIR -o id_guidance=0.5)",
-    )
-    parser.add_argument("--generator-config", type=Path, help="YAML/TOML/JSON file of generator options")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from facesynth.core.config import load_config_file, parse_overrides
-    from facesynth.pipelines.generate import GenerateConfig, generate_dataset
+    from facesynth.core.config import load_config_file
+    from facesynth.pipelines.generate import generate_dataset
 
-    options = load_config_file(args.generator_config) if args.generator_config else {}
-    options.update(parse_overrides(args.option))
-    config = GenerateConfig.from_mapping(
-        {
-            "generator": args.generator,
-            "identities": args.identities,
-            "per_identity": args.per_identity,
-            "out": args.out,
-            "seed": args.seed,
-            "shard_size": args.shard_size,
-            "image_format": args.image_format,
-            "batch_size": args.batch_size,
-            "options": options,
-        },
-        source="facesynth generate",
-    )
-    result = generate_dataset(config, show_progress=not args.no_progress)
+    config = config_from_args(cli_spec(), args)
+    if args.generator_config:
+        config.options = load_config_file(args.generator_config) | config.options
+    result = generate_dataset(config, show_progress=args.progress)
     if result.manifest is not None:
         print(
             f"{result.out}: {result.manifest.num_rows} images of {result.manifest.num_identities} identities "

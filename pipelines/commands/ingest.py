@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from functools import cache
+
+from facesynth.core.cli_args import CliSpec, add_config_arguments, config_from_args
 
 HELP = "align real face images into 112x112 shards and fill the embedding column"
 DESCRIPTION = """\
@@ -23,32 +25,38 @@ examples:
 """
 
 
+@cache
+def cli_spec() -> CliSpec:
+    from facesynth.pipelines.ingest import IngestConfig
+
+    return CliSpec(
+        IngestConfig,
+        positional=("source",),
+        help={
+            "source": "identity-folder tree, HF dataset folder or shard folder",
+            "out": "output dataset folder",
+            "source_kind": "what SOURCE is (auto: detect)",
+            "none_mode": "with --aligner none: centre-crop, resize, or refuse (strict) non-112x112 images",
+            "device": "encoder/aligner device: auto (CUDA when available), cpu, cuda, cuda:K",
+            "image_format": "image encoding in the shards",
+            "rows_per_shard": "images per output shard",
+            "batch_size": "images per encoder call",
+            "image_column": "image column of an HF dataset",
+            "label_column": "label column of an HF dataset",
+            "split": "split of an HF dataset",
+            "max_identities": "keep only the first N identities",
+        },
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", type=Path, help="identity-folder tree, HF dataset folder or shard folder")
-    parser.add_argument("--out", type=Path, required=True, help="output dataset folder")
-    parser.add_argument("--source-kind", default="auto", choices=["auto", "folders", "hf", "shards"])
-    parser.add_argument("--aligner", default="none", help="none | dlib | insightface:PATH (default none)")
-    parser.add_argument("--none-mode", default="crop", choices=["strict", "crop", "resize"])
-    parser.add_argument("--encoder", default=None, help="encoder spec; without it no embedding column")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:K (default: auto)")
-    parser.add_argument("--image-format", default="png", choices=["png", "jpeg"])
-    parser.add_argument("--rows-per-shard", type=int, default=5000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--min-images", type=int, default=1)
-    parser.add_argument("--max-identities", type=int, default=None)
+    add_config_arguments(parser, cli_spec())
 
 
 def run(args: argparse.Namespace) -> int:
-    from facesynth.pipelines.ingest import REPORT_NAME, IngestConfig, ingest
+    from facesynth.pipelines.ingest import REPORT_NAME, ingest
 
-    fields = IngestConfig.model_fields
-    config = IngestConfig.from_mapping(
-        {k: v for k, v in vars(args).items() if k in fields and v is not None}, source="ingest options"
-    )
-    result = ingest(config)
+    result = ingest(config_from_args(cli_spec(), args))
     if result.reused:
         print(f"{result.out}: already ingested with these settings")
         return 0

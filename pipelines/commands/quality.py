@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from functools import cache
+
+from facesynth.core.cli_args import CliSpec, add_config_arguments, config_from_args
 
 HELP = "measure identity consistency, separability, diversity and leakage of a shard dataset"
 DESCRIPTION = """\
@@ -21,62 +23,48 @@ examples:
 """
 
 
+@cache
+def cli_spec() -> CliSpec:
+    from facesynth.pipelines.quality import QualityConfig
+
+    return CliSpec(
+        QualityConfig,
+        positional=("dataset",),
+        help={
+            "dataset": "shard dataset folder",
+            "batch_size": "images per encoder call",
+            "grid_identities": "identities in the sample grid",
+            "grid_images": "images per identity in the sample grid",
+            "metrics.consistency_threshold": "C_intra cosine to the class centre",
+            "metrics.flip_threshold": "identity-flip cosine",
+            "metrics.uniqueness_threshold": "greedy class-centre uniqueness cosine (0.7 = DCFace r=0.3)",
+            "metrics.impostor_threshold": "impostor 'too close' cosine",
+            "metrics.leak_threshold": "leakage cosine against the reference identities",
+            "metrics.impostor_pairs": "sampled impostor pairs",
+            "metrics.max_genuine_for_roc": "cap on genuine pairs for the ROC",
+            "metrics.top_k_leaks": "closest leaks listed in the report",
+            "metrics.block_size": "rows per block of the similarity computation",
+            "metrics.seed": "seed of the impostor sample",
+        },
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", type=Path, help="shard dataset folder")
+    add_config_arguments(parser, cli_spec())
     parser.add_argument(
-        "--encoder", help="evaluation encoder: torch:PATH, onnx:PATH, insightface:NAME or dlib"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show progress bars (default: on)",
     )
-    parser.add_argument(
-        "--reference", type=Path, help="shard dataset of real identities for the leakage check"
-    )
-    parser.add_argument("--out", type=Path, help="output folder (default: the dataset folder)")
-    parser.add_argument("--device", default="cpu", help="encoder device (default cpu)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per encoder call (default 64)")
-    parser.add_argument(
-        "--flip-threshold", type=float, default=0.3, help="identity-flip cosine (default 0.3)"
-    )
-    parser.add_argument("--leak-threshold", type=float, default=0.3, help="leakage cosine (default 0.3)")
-    parser.add_argument(
-        "--uniqueness-threshold",
-        type=float,
-        default=0.7,
-        help="uniqueness / C_intra cosine (default 0.7 = DCFace r=0.3)",
-    )
-    parser.add_argument(
-        "--impostor-threshold", type=float, default=0.3, help="impostor 'too close' cosine (default 0.3)"
-    )
-    parser.add_argument(
-        "--impostor-pairs", type=int, default=1_000_000, help="sampled impostor pairs (default 1e6)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the impostor sample (default 0)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     from facesynth.data_cards.quality_report import summary_rows
-    from facesynth.pipelines.quality import QualityConfig, run_quality
+    from facesynth.pipelines.quality import run_quality
 
-    config = QualityConfig.from_mapping(
-        {
-            "dataset": args.dataset,
-            "encoder": args.encoder,
-            "reference": args.reference,
-            "out": args.out,
-            "device": args.device,
-            "batch_size": args.batch_size,
-            "metrics": {
-                "flip_threshold": args.flip_threshold,
-                "leak_threshold": args.leak_threshold,
-                "uniqueness_threshold": args.uniqueness_threshold,
-                "consistency_threshold": args.uniqueness_threshold,
-                "impostor_threshold": args.impostor_threshold,
-                "impostor_pairs": args.impostor_pairs,
-                "seed": args.seed,
-            },
-        },
-        source="facesynth quality",
-    )
-    result = run_quality(config, show_progress=not args.no_progress)
+    config = config_from_args(cli_spec(), args)
+    result = run_quality(config, show_progress=args.progress)
     for row in summary_rows(result.report):
         print(f"{row['group']:<13} {row['metric']:<34} {row['value']}")
     print(f"report: {result.json_path} and {result.markdown_path}")

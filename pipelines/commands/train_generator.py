@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from functools import cache
+
+from facesynth.core.cli_args import CliSpec, add_config_arguments, config_from_args
 
 HELP = "train the ID3 identity-conditioned diffusion model on shards; writes an ID3Pipeline folder"
 DESCRIPTION = """\
@@ -13,80 +16,72 @@ EMA, checkpoints every --checkpoint-every steps (rerun with --resume latest to c
 sample grids to OUT/samples/ and the final pipeline (EMA weights) to OUT/pipeline.
 
 examples:
-  facesynth train-generator --data runs/ffhq-ingested --output runs/id3 \\
+  facesynth train-generator --data runs/ffhq-ingested --out runs/id3 \\
       --identity-encoder torch:models/r50 --max-steps 500000 --mixed-precision bf16
   accelerate launch --num_processes 8 -m facesynth.pipelines.cli train-generator \\
-      --data runs/ffhq-ingested --output runs/id3 --identity-encoder torch:models/r50 --resume latest
-  facesynth train-generator --data runs/param --output runs/id3-cpu --unet-preset small \\
-      --image-size 32 --set cross_attention_dim=128 --set hidden_dims=[128,128] --max-steps 2000
+      --data runs/ffhq-ingested --out runs/id3 --identity-encoder torch:models/r50 --resume latest
+  facesynth train-generator --data runs/param --out runs/id3-cpu --unet-preset small \\
+      --image-size 32 --cross-attention-dim 128 --hidden-dims 128 128 --max-steps 2000
 """
 
 
+@cache
+def cli_spec() -> CliSpec:
+    from facesynth.generators.id3_trainer import ID3TrainConfig
+
+    return CliSpec(
+        ID3TrainConfig,
+        flags={"output_dir": ["--out"]},
+        deprecated={"output_dir": ["--output", "--output-dir"]},
+        help={
+            "unet_preset": "UNet size preset",
+            "hidden_dims": "hidden widths of the condition encoder's MLP",
+            "cross_attention_dim": "width of the condition tokens (the UNet's cross-attention)",
+            "num_tokens": "condition tokens per image",
+            "activation": "activation of the condition encoder",
+            "use_attributes": "condition on the attributes column (yaw, pitch, roll, age)",
+            "loss.lambda_eps": "weight of the noise-prediction term",
+            "loss.lambda_rec": "weight of the reconstruction term",
+            "loss.rec_schedule": "timestep schedule of the reconstruction weight",
+            "loss.lambda_id": "weight of the identity term (0: no identity term, no encoder needed)",
+            "loss.id_schedule": "timestep schedule of the identity weight",
+            "num_train_timesteps": "diffusion timesteps",
+            "beta_schedule": "noise schedule",
+            "lr": "learning rate (AdamW)",
+            "weight_decay": "AdamW weight decay",
+            "lr_scheduler": "learning-rate schedule",
+            "lr_warmup_steps": "warm-up steps of the schedule",
+            "grad_clip": "max grad norm; 0 = off",
+            "mixed_precision": "no, fp16 or bf16",
+            "use_ema": "keep an EMA of the weights (the saved pipeline uses it)",
+            "ema_decay": "EMA decay",
+            "keep_checkpoints": "checkpoints kept (older ones are deleted)",
+            "sample_every": "steps between sample grids",
+            "sample_count": "images in a sample grid",
+            "sample_steps": "sampler steps for the sample grids",
+            "log_every": "steps between log lines",
+            "num_workers": "DataLoader workers per process",
+            "buffer_size": "shuffle buffer of the streaming reader (rows)",
+            "seed": "seed of initialisation, shuffling and noise",
+            "progress": "show a progress bar",
+        },
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", nargs="+", required=True, help="shard dataset folder(s) with embeddings")
-    parser.add_argument("--output", required=True, help="run folder")
-    parser.add_argument(
-        "--identity-encoder",
-        help="frozen encoder for the identity term (torch:PATH); needed unless --lambda-id 0",
-    )
-    parser.add_argument("--image-size", type=int, default=112, help="generated image size (default 112)")
-    parser.add_argument("--unet-preset", choices=["tiny", "small", "base"], default="base")
-    parser.add_argument("--vae", help="AutoencoderKL folder: train in its latent space")
-    parser.add_argument("--batch-size", type=int, default=16, help="per process (default 16)")
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--max-steps", type=int, default=500_000, help="optimizer steps (default 500000)")
-    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
-    parser.add_argument(
-        "--lambda-id", type=float, default=1.0, help="identity-term weight (0: no identity term)"
-    )
-    parser.add_argument("--lambda-rec", type=float, default=1.0, help="reconstruction-term weight")
-    parser.add_argument(
-        "--id-schedule", default="id3_sigmoid", help="identity weight schedule (id3_sigmoid, constant, ...)"
-    )
-    parser.add_argument("--condition-dropout", type=float, default=0.0, help="CFG condition dropout (0: off)")
-    parser.add_argument("--checkpoint-every", type=int, default=1000)
-    parser.add_argument("--sample-every", type=int, default=1000)
-    parser.add_argument("--resume", help="'latest' or a checkpoint folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other ID3TrainConfig field, repeatable (e.g. --set ema_decay=0.999)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_arguments(parser, cli_spec())
+    # the old spelling of any field, kept working: --set KEY=VALUE
+    parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
+    from facesynth.core.cli_args import normalise_file_settings
     from facesynth.core.config import parse_overrides
-    from facesynth.generators.id3_trainer import ID3TrainConfig, train_id3
+    from facesynth.generators.id3_trainer import train_id3
 
-    settings = {
-        "data": [str(d) for d in args.data],
-        "output_dir": str(args.output),
-        "identity_encoder": args.identity_encoder,
-        "image_size": args.image_size,
-        "unet_preset": args.unet_preset,
-        "vae": args.vae,
-        "batch_size": args.batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "lr": args.lr,
-        "max_steps": args.max_steps,
-        "mixed_precision": args.mixed_precision,
-        "loss": {"lambda_id": args.lambda_id, "lambda_rec": args.lambda_rec, "id_schedule": args.id_schedule},
-        "condition_dropout": args.condition_dropout,
-        "checkpoint_every": args.checkpoint_every,
-        "sample_every": args.sample_every,
-        "resume": args.resume,
-        "seed": args.seed,
-        "num_workers": args.num_workers,
-        "progress": not args.no_progress,
-    }
-    settings.update(parse_overrides(args.set))
-    config = ID3TrainConfig.from_mapping(settings, source="facesynth train-generator")
+    spec = cli_spec()
+    fixed = normalise_file_settings(spec, parse_overrides(args.set), "--set") if args.set else None
+    config = config_from_args(spec, args, fixed=fixed)
     result = train_id3(config)
     terms = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.last_terms.items()))
     print(f"{result.pipeline_dir}: ID3Pipeline after {result.steps} steps ({terms})")
