@@ -148,6 +148,11 @@ ROW_SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
 MODELS = {"full": {}, "no_id_loss": {"loss": {"lambda_id": 0.0}}, "no_attributes": {"use_attributes": False}}
 
 
+def folder_name(row: str) -> str:
+    """A row's folder: no dots, which core.locks would read as a file suffix ("band_0.5_0.7")."""
+    return row.replace(".", "")
+
+
 def train_model(
     data: Path, out: Path, encoder_dir: Path, recipe: dict[str, Any], seed: int, **changes: Any
 ) -> Path:
@@ -320,12 +325,23 @@ def run(out: Path, recipe_name: str, threads: int = 1, seeds: list[int] | None =
             else:
                 model, options = ROW_SETTINGS[row]
                 folder = generate_row(
-                    run_dir / "data" / row, models[model], enc_a, conditioned, recipe, 7 + seed, **options
+                    run_dir / "data" / folder_name(row),
+                    models[model],
+                    enc_a,
+                    conditioned,
+                    recipe,
+                    7 + seed,
+                    **options,
                 )
             t = lap("generate", t)
             stats = row_statistics(load_rows(folder), encoder_b)
             fr_dir = train_fr(
-                folder, run_dir / f"fr_{row}", recipe["fr_steps"], 3 + seed, size, export_onnx=False
+                folder,
+                run_dir / f"fr_{folder_name(row)}",
+                recipe["fr_steps"],
+                3 + seed,
+                size,
+                export_onnx=False,
             )
             count("downstream", fr_dir, FR_BATCH)
             stats.update(downstream(load_encoder(f"torch:{fr_dir}"), test, seed))
