@@ -26,8 +26,11 @@ independent evaluation encoder **B** on a third; downstream recognizers are veri
    ``tar@far=1e-3`` of a recognizer trained on the row's data, verified on unseen rendered identities E.
 
 Results: OUT/ablation.json, OUT/ablation.md (mean +- std over seeds). The ``full`` recipe takes hours on
-a CPU: do not start it on a shared machine; ``--smoke`` checks every stage in about a minute and
-prints the time the full recipe is expected to take, scaled from the smoke run's stage times.
+a CPU (about 1,700 h scaled from ``cpu20`` on the shared 2-core box): do not start it there;
+``--smoke`` checks every stage in 1-2.5 minutes (46 s of CPU time) and ``--recipe cpu20`` (one seed,
+6.5 minutes) calibrates the stage times. Every run prints the full recipe's expected wall time, scaled
+from its own stage times (start-up kept, training compute scaled by work). Verification pairs are
+balanced, so chance accuracy is 0.5.
 
     python -m facesynth.benchmarks.ablation_id3_parametric --smoke --out runs/ablation-smoke
     python -m facesynth.benchmarks.ablation_id3_parametric --recipe full --out runs/ablation   # hours
@@ -72,7 +75,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "seeds": [0],
     },
     "cpu20": {
-        # reduced, one seed, about 15 minutes on the shared 2-core box: calibrates stage times, not a result
+        # reduced, one seed, 6.5 minutes on the shared 2-core box (load 4): calibrates stage times, not a result
         "sets": {
             "enc_a": (60, 8, 101),
             "enc_b": (60, 8, 202),
@@ -457,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/ablation_id3_parametric"))
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="full")
-    parser.add_argument("--smoke", action="store_true", help="the smoke recipe (about a minute)")
+    parser.add_argument("--smoke", action="store_true", help="the smoke recipe (1-2.5 minutes)")
     parser.add_argument("--seeds", type=int, nargs="*", default=None, help="override the recipe's seeds")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
