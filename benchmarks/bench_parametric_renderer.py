@@ -24,13 +24,9 @@ from typing import Any
 import numpy as np
 
 from facesynth.core.shard_format import encode_image
-from facesynth.generators.parametric_renderer import (
-    ParametricRenderer,
-    best_threshold_accuracy,
-    raw_pixel_features,
-    raw_pixel_verification,
-    verification_pairs,
-)
+from facesynth.core.verification_metrics import balanced_pairs, best_threshold_accuracy
+from facesynth.generators.parametric.difficulty import raw_pixel_features, raw_pixel_verification
+from facesynth.generators.parametric.renderer import ParametricRenderer
 from facesynth.generators.registry import SampleRequest, sample_seed
 
 
@@ -92,7 +88,7 @@ def _render_split(
 
 def _pair_accuracy(features: np.ndarray, test_identities: int, seed: int) -> float:
     feats = features.reshape(test_identities, 4, -1)
-    pairs = verification_pairs(test_identities, 4, seed)
+    pairs = balanced_pairs(test_identities, 4, seed)
     scores = np.einsum("nd,nd->n", feats[pairs[:, 0], pairs[:, 1]], feats[pairs[:, 2], pairs[:, 3]])
     return best_threshold_accuracy(scores, pairs[:, 4].astype(bool))
 

@@ -24,8 +24,9 @@ import torch
 
 
 def make_dataset(folder: Path, identities: int, per_identity: int) -> Path:
-    from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+    from facesynth.core.shard_format import ShardRow
     from facesynth.generators.registry import SampleRequest, build_generator
+    from facesynth.tests.shard_fixtures import write_dataset
 
     generator = build_generator("parametric", num_identities=identities, seed=0)
     rows = []
@@ -36,9 +37,8 @@ def make_dataset(folder: Path, identities: int, per_identity: int) -> Path:
         ]
     num_shards = 4
     per_shard = -(-len(rows) // num_shards)
-    for s in range(num_shards):
-        part = rows[s * per_shard : (s + 1) * per_shard]
-        write_shard(folder / shard_name(s, num_shards), rows_to_table(part, None), row_group_size=64)
+    parts = [rows[s * per_shard : (s + 1) * per_shard] for s in range(num_shards)]
+    write_dataset(folder, parts, row_group_size=64)  # with its manifest: readers refuse a plain folder
     return folder
 
 

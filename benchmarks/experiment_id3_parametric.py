@@ -124,7 +124,8 @@ def embed(encoder: Any, images: np.ndarray, batch: int = 64) -> np.ndarray:
 
 def write_conditioned(rows: dict[str, Any], embeddings: np.ndarray, folder: Path) -> Path:
     """The ID3 training shards: the rendered faces with encoder A's embeddings as the condition."""
-    from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+    from facesynth.core.shard_format import ShardRow
+    from facesynth.tests.shard_fixtures import write_dataset
 
     shard_rows = [
         ShardRow(
@@ -137,7 +138,7 @@ def write_conditioned(rows: dict[str, Any], embeddings: np.ndarray, folder: Path
         )
         for i in range(len(rows["labels"]))
     ]
-    write_shard(folder / shard_name(0, 1), rows_to_table(shard_rows, embeddings.shape[1]))
+    write_dataset(folder, [shard_rows], embedding_dim=embeddings.shape[1])
     return folder
 
 

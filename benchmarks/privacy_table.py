@@ -1,9 +1,10 @@
 """The privacy comparison table: RGB baseline, DCTDP, DuetFace, PartialFace, MinusFace, one recipe.
 
 Every row is trained by the one recognizer trainer with the same backbone, batch size, optimiser,
-learning rate, seed and number of steps *per training stage* on the same identities (DuetFace and
-MinusFace have two stages each, as in TFace; the table says so). Every row is then evaluated the same
-way on identities no recognizer saw:
+learning rate, seed and the same *total* number of training steps (``--steps``) on the same
+identities; DuetFace and MinusFace have two stages each, as in TFace, and split the row's steps
+(``--first-stage-fraction``, default half each; the table shows the split). Every row is then
+evaluated the same way on identities no recognizer saw:
 
 - verification accuracy (10-fold protocol of :mod:`facesynth.recognizers.verification`, no flip
   TTA) on pairs of the victim identities' images (:func:`facesynth.pipelines.pairs.verification_set_from_shards`),
@@ -11,12 +12,17 @@ way on identities no recognizer saw:
   protect -> recognize with every image protected independently
   (:func:`facesynth.privacy.evaluation.evaluate_privacy_method`, what ``facesynth bench --privacy``
   runs); randomised methods report mean +- std over ``--query-seeds`` (at least 3), deterministic
-  ones one run;
-- payload size per query (bytes the client sends: float32 tensors and masks; RGB: uint8 image);
+  ones one run. DuetFace gets each face's own landmarks where the data has them (parametric faces);
+- payload per query: its number of values, the same as float32 bytes (one dtype for every row), and
+  the bytes a deployment sends (RGB: the uint8 image; protected rows: what ``protect`` returns);
 - the white-box recovery attack of :mod:`facesynth.privacy.attacks` (U-Net decoder and ridge
   inverse trained on the public identities, tested on the victim identities): PSNR, SSIM, identity
   leakage and attack success at a fixed FAR, scored by an identity encoder independent of every
-  protected model (the RGB row's recognizer unless ``--encoder`` names another).
+  protected model (the RGB row's recognizer unless ``--encoder`` names another). Success is shown
+  next to its share of the fraction of *original* victim faces that verify at that FAR (capped at
+  1), and the no-information floor (the public mean face for every victim) is a row of its own;
+- for the randomised rows, multi-query attacks (:mod:`facesynth.privacy.multi_query`): the attacker
+  holds k payloads of each face (``--multi-query-ks``, default 1 4 16), leakage and success per k.
 
 A method whose best attacker leaks at least as much identity as on the RGB baseline is marked "no"
 under "protects better than RGB"; nothing is dropped from the table.
@@ -26,14 +32,14 @@ identities: 20 train, 10 attacker-public, 10 victims) or
 ``--data parametric`` (the parametric renderer; identities split 50/25/25 the same way).
 
     python -m facesynth.benchmarks.privacy_table --data orl --minutes 12   # a quick look
-    # the README / closing-note tables (2-core CPU, 95 and 113 min with one thread each):
-    python -m facesynth.benchmarks.privacy_table --data orl --steps 200 --decoder-steps 500 \
-        --max-public 100 --max-victims 100 --max-pairs 400 --threads 1 --out runs/privacy-table-orl
+    # full tables (hours on a 2-core CPU; the decoder defaults are DecoderConfig's):
+    python -m facesynth.benchmarks.privacy_table --data orl --steps 400 --max-public 100 \
+        --max-victims 100 --max-pairs 400 --threads 1 --out runs/privacy-table-orl
     python -m facesynth.benchmarks.privacy_table --data parametric --identities 80 --per-identity 10 \
-        --steps 250 --margin-scale 16 --decoder-steps 500 --max-public 200 --max-victims 200 \
-        --max-pairs 400 --threads 1 --out runs/privacy-table-parametric
+        --steps 500 --margin-scale 16 --max-public 200 --max-victims 200 --max-pairs 400 --threads 1 \
+        --out runs/privacy-table-parametric
 
-``--minutes`` sets the per-stage step count from a quick timing of each method (a short-budget run:
+``--minutes`` sets the per-row step count from a quick timing of each method (a short-budget run:
 the numbers show the harness working, not converged models); ``--steps`` fixes it instead.
 """
 
@@ -45,6 +51,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +97,11 @@ def _pad_to_square(grey: np.ndarray, size: int = 112) -> np.ndarray:
     return np.repeat(canvas[:, :, None], 3, axis=2)
 
 
-def orl_faces(root: Path) -> list[tuple[str, np.ndarray]]:
+# a face: (identity, HxWx3 uint8 image, (5, 2) landmarks on the crop or None where unknown)
+Face = tuple[str, np.ndarray, "np.ndarray | None"]
+
+
+def orl_faces(root: Path) -> list[Face]:
     from PIL import Image
 
     if not root.is_dir():
@@ -101,11 +112,11 @@ def orl_faces(root: Path) -> list[tuple[str, np.ndarray]]:
             continue
         for file in sorted(folder.glob("*.pgm"), key=lambda p: (len(p.name), p.name)):
             with Image.open(file) as img:
-                out.append((folder.name, _pad_to_square(np.asarray(img.convert("L")))))
+                out.append((folder.name, _pad_to_square(np.asarray(img.convert("L"))), None))
     return out
 
 
-def parametric_faces(identities: int, per_identity: int, seed: int) -> list[tuple[str, np.ndarray]]:
+def parametric_faces(identities: int, per_identity: int, seed: int) -> list[Face]:
     from facesynth.generators.registry import SampleRequest, build_generator, sample_seed
 
     gen = build_generator("parametric", num_identities=identities, seed=seed)
@@ -118,26 +129,32 @@ def parametric_faces(identities: int, per_identity: int, seed: int) -> list[tupl
     for start in range(0, len(requests), 64):
         chunk = requests[start : start + 64]
         for req, face in zip(chunk, gen.generate(chunk), strict=True):
-            out.append((f"p{req.label:05d}", face.image))
+            out.append((f"p{req.label:05d}", face.image, face.landmarks))
     return out
 
 
-def write_split(faces: list[tuple[str, np.ndarray]], folder: Path) -> Path:
-    from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+def write_split(faces: list[Face], folder: Path) -> Path:
+    """One shard of the faces and its manifest (with the landmarks column when the faces have landmarks)."""
+    from facesynth.core.shard_format import ShardRow
+    from facesynth.tests.shard_fixtures import write_dataset
 
-    names = sorted({n for n, _ in faces})
+    names = sorted({f[0] for f in faces})
     label = {n: i for i, n in enumerate(names)}
     counts: dict[str, int] = {}
     rows = []
-    for name, image in faces:
-        rows.append(ShardRow(image=image, label=label[name], identity=name, index=counts.get(name, 0)))
+    for name, image, landmarks in faces:
+        rows.append(
+            ShardRow(
+                image=image, label=label[name], identity=name, index=counts.get(name, 0), landmarks=landmarks
+            )
+        )
         counts[name] = counts.get(name, 0) + 1
-    write_shard(folder / shard_name(0, 1), rows_to_table(rows, None))
+    write_dataset(folder, [rows])
     return folder
 
 
 def split_identities(faces, fractions=(0.5, 0.25)):
-    names = sorted({n for n, _ in faces}, key=lambda s: (len(s), s))
+    names = sorted({f[0] for f in faces}, key=lambda s: (len(s), s))
     n_train = round(fractions[0] * len(names))
     n_public = round(fractions[1] * len(names))
     groups = {
@@ -145,29 +162,51 @@ def split_identities(faces, fractions=(0.5, 0.25)):
         "public": set(names[n_train : n_train + n_public]),
         "victims": set(names[n_train + n_public :]),
     }
-    return {k: [(n, im) for n, im in faces if n in v] for k, v in groups.items()}
+    return {k: [f for f in faces if f[0] in v] for k, v in groups.items()}
 
 
 def to_tensor(faces) -> tuple[torch.Tensor, list[str]]:
     from facesynth.core.shard_reader import image_to_tensor
 
-    return torch.stack([image_to_tensor(im) for _, im in faces]), [n for n, _ in faces]
+    return torch.stack([image_to_tensor(f[1]) for f in faces]), [f[0] for f in faces]
+
+
+def landmark_lookup(faces: list[Face]) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    """Batch of (protected-path) images -> their (B, 5, 2) landmarks (NaN where unknown), by content.
+
+    The attack harness hands the client image batches, not indices; the faces' pixels identify them.
+    Returns None for every batch when no face has landmarks.
+    """
+    from facesynth.core.shard_reader import image_to_tensor
+
+    if all(f[2] is None for f in faces):
+        return lambda images: None
+    table = {}
+    for f in faces:
+        key = image_to_tensor(f[1]).numpy().tobytes()
+        table[key] = np.full((5, 2), np.nan, np.float32) if f[2] is None else np.asarray(f[2], np.float32)
+
+    def lookup(images: torch.Tensor) -> torch.Tensor:
+        unknown = np.full((5, 2), np.nan, np.float32)
+        return torch.from_numpy(np.stack([table.get(x.cpu().numpy().tobytes(), unknown) for x in images]))
+
+    return lookup
 
 
 # ------------------------------------------------------------------------------------------------
 # evaluation
 
 
-def _cap(faces: list[tuple[str, np.ndarray]], limit: int, seed: int) -> list[tuple[str, np.ndarray]]:
+def _cap(faces: list[Face], limit: int, seed: int) -> list[Face]:
     """At most ``limit`` faces, the same number from every identity where possible (seeded)."""
     if len(faces) <= limit:
         return faces
-    names = sorted({n for n, _ in faces})
+    names = sorted({f[0] for f in faces})
     per = max(2, limit // len(names))
     rng = np.random.default_rng(seed)
     keep = []
     for name in names:
-        idx = [i for i, (n, _) in enumerate(faces) if n == name]
+        idx = [i for i, f in enumerate(faces) if f[0] == name]
         keep += rng.choice(idx, size=min(per, len(idx)), replace=False).tolist()
     return [faces[i] for i in sorted(keep)]
 
@@ -205,10 +244,23 @@ def verify(model, victims_dir: Path, args) -> dict[str, Any]:
     }
 
 
-def payload_bytes(method, image: torch.Tensor) -> int:
+def payload_sizes(method, image: torch.Tensor) -> dict[str, int]:
+    """One query's payload: values (tensor + extras), their size as float32, and the bytes a deployment
+    sends (RGB: the uint8 image; protected rows: the payload in the dtype ``protect`` returns)."""
     if method is None:
-        return int(image[0].numel())  # uint8 RGB
-    return method.protect(image[:1], seed=0).nbytes
+        values = int(image[0].numel())
+        return {"values": values, "float32_bytes": 4 * values, "sent_bytes": values}
+    payload = method.protect(image[:1], seed=0)
+    values = int(payload.tensor.numel() + sum(v.numel() for v in payload.extras.values()))
+    return {"values": values, "float32_bytes": 4 * values, "sent_bytes": int(payload.nbytes)}
+
+
+def stage_steps(row: str, total: int, first_fraction: float) -> list[int]:
+    """Split a row's total training steps over its stages (same total for every row)."""
+    if len(STAGES[row]) == 1:
+        return [total]
+    first = max(1, int(round(total * first_fraction)))
+    return [first, max(1, total - first)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -273,7 +325,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-identity", type=int, default=8, help="parametric: images per identity")
     parser.add_argument("--minutes", type=float, default=12.0, help="total wall budget used to pick --steps")
     parser.add_argument(
-        "--steps", type=int, default=None, help="training steps per stage (overrides --minutes)"
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps per row, all stages together (overrides --minutes)",
+    )
+    parser.add_argument(
+        "--first-stage-fraction",
+        type=float,
+        default=0.5,
+        help="two-stage rows: share of the row's steps for stage 1 (TFace trains both stages equally long)",
     )
     parser.add_argument("--backbone", default="tiny")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -285,9 +346,21 @@ def main(argv: list[str] | None = None) -> int:
         help="ArcFace s (64 as arcface_torch; 16 suits tens of classes)",
     )
     parser.add_argument(
-        "--decoder-steps", type=int, default=None, help="attack decoder steps (default: from budget)"
+        "--decoder-steps",
+        type=int,
+        default=None,
+        help="attack decoder steps (default: DecoderConfig's with --steps, else from the budget)",
     )
-    parser.add_argument("--decoder-widths", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument(
+        "--decoder-widths", type=int, nargs="+", default=None, help="default: DecoderConfig's"
+    )
+    parser.add_argument(
+        "--multi-query-ks",
+        type=int,
+        nargs="*",
+        default=[1, 4, 16],
+        help="randomised rows: attack with k payloads of each face, for each k (none: skip)",
+    )
     parser.add_argument("--ridge-kernel", type=int, default=1)
     parser.add_argument("--far", type=float, default=1e-2)
     parser.add_argument(
@@ -323,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     from facesynth.pipelines.attack import labels_of
     from facesynth.privacy.api import load_privacy_method
     from facesynth.privacy.attacks import AttackConfig, DecoderConfig, run_attack
+    from facesynth.privacy.multi_query import multi_query_attack
     from facesynth.recognizers.methods import load_method
 
     faces = (
@@ -333,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     splits = split_identities(faces)
     work = args.out
     train_dir = write_split(splits["train"], work / "data" / "train")
-    public, public_ids = to_tensor(_cap(splits["public"], args.max_public, args.seed))
+    public_faces = _cap(splits["public"], args.max_public, args.seed)
+    public, public_ids = to_tensor(public_faces)
     victim_faces = _cap(splits["victims"], args.max_victims, args.seed + 1)
     victims, victim_ids = to_tensor(victim_faces)
     # verification on the victim identities: unseen by every recognizer and by the attacker
@@ -343,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         "data %s: train %d images / %d ids, public %d / %d, victims %d / %d",
         args.data,
         len(splits["train"]),
-        len({n for n, _ in splits["train"]}),
+        len({f[0] for f in splits["train"]}),
         len(public_ids),
         len(set(public_ids)),
         len(victim_ids),
@@ -355,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             time_step(STAGES[r][-1][0], row_options(r, 0, STAGES[r][-1][1], None, args), args, public)
             for r in args.rows
         ]
-        # about a third of the budget for training (two-stage rows count ~1.4x, trainer overhead ~1.4x);
+        # about a third of the budget for training (stage 1 of two-stage rows is heavier ~1.4x, trainer overhead ~1.4x);
         # the rest goes to verification and to the attacks, whose decoder gets as many steps
         budget = args.minutes * 60 * 0.35
         steps = max(5, int(budget / (sum(per_step) * 1.4 * 1.4)))
@@ -367,20 +442,29 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         steps = args.steps
-    decoder_steps = args.decoder_steps or max(20, steps)
+    default_decoder = DecoderConfig()
+    decoder_steps = args.decoder_steps or (
+        default_decoder.steps if args.steps is not None else max(20, steps)
+    )
+    decoder_widths = list(args.decoder_widths or default_decoder.block_out_channels)
 
     results: dict[str, Any] = {}
     models: dict[str, Any] = {}
     for row in args.rows:
         previous = None
         t0 = time.perf_counter()
+        split = stage_steps(row, steps, args.first_stage_fraction)
         for stage_index, (method_name, options) in enumerate(STAGES[row]):
             out = work / "models" / f"{row}-stage{stage_index + 1}"
             opts = row_options(row, stage_index, options, previous, args)
-            train_stage(method_name, opts, train_dir, out, args, steps)
+            train_stage(method_name, opts, train_dir, out, args, split[stage_index])
             previous = out
         models[row] = load_method(previous) if row == "rgb" else load_privacy_method(str(previous))
-        results[row] = {"train_seconds": round(time.perf_counter() - t0, 1), "stages": len(STAGES[row])}
+        results[row] = {
+            "train_seconds": round(time.perf_counter() - t0, 1),
+            "stages": len(STAGES[row]),
+            "stage_steps": split,
+        }
         logger.info("%s trained in %.0f s", row, results[row]["train_seconds"])
 
     if args.encoder:
@@ -403,8 +487,7 @@ def main(argv: list[str] | None = None) -> int:
 
     attack_config = AttackConfig(
         decoder=DecoderConfig(
-            block_out_channels=tuple(args.decoder_widths),
-            lr=1e-3,
+            block_out_channels=tuple(decoder_widths),
             steps=decoder_steps,
             batch_size=args.batch_size,
             seed=args.seed,
@@ -415,33 +498,42 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         scale_batches=1,
     )
+    landmarks_of = landmark_lookup(public_faces + victim_faces)
     for row in args.rows:
         method = models[row]
         t0 = time.perf_counter()
         results[row]["verification"] = verify(method, victims_dir, args)
+        sizes = payload_sizes(None if row == "rgb" else method, victims)
+        results[row]["payload"] = sizes
+        results[row]["payload_bytes"] = sizes["sent_bytes"]
         if row == "rgb":
-            results[row]["payload_bytes"] = payload_bytes(None, victims)
 
             def protect(images, seed):
                 return images
         else:
-            results[row]["payload_bytes"] = payload_bytes(method, victims)
 
             def protect(images, seed, method=method):
-                return method.protect(images, seed=seed)
+                return method.protect(images, seed=seed, landmarks=landmarks_of(images))
 
         metrics, _, _ = run_attack(
             protect, public, victims, labels_of(victim_ids), attack_config, embed=embed, progress=False
         )
         metrics.pop("view")
         results[row]["attack"] = metrics
+        if row != "rgb" and method.randomised and args.multi_query_ks:
+            report = multi_query_attack(
+                method, public, victims, labels_of(victim_ids), attack_config, args.multi_query_ks, embed
+            )
+            results[row]["multi_query"] = {
+                k: {name: m for name, m in by.items() if name != "view"} for k, by in report["by_k"].items()
+            }
         results[row]["eval_seconds"] = round(time.perf_counter() - t0, 1)
         logger.info("%s evaluated in %.0f s", row, results[row]["eval_seconds"])
 
     meta = {
         "data": args.data,
         "train_images": len(splits["train"]),
-        "train_identities": len({n for n, _ in splits["train"]}),
+        "train_identities": len({f[0] for f in splits["train"]}),
         "public_images": len(public_ids),
         "victim_images": len(victim_ids),
         "victim_identities": len(set(victim_ids)),
@@ -452,9 +544,13 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "margin_scale": args.margin_scale,
-        "steps_per_stage": steps,
+        "steps_per_row": steps,
+        "first_stage_fraction": args.first_stage_fraction,
         "decoder_steps": decoder_steps,
-        "decoder_widths": args.decoder_widths,
+        "decoder_widths": decoder_widths,
+        "decoder_lr": attack_config.decoder.lr,
+        "decoder_lr_schedule": attack_config.decoder.lr_schedule,
+        "multi_query_ks": args.multi_query_ks,
         "ridge_kernel": args.ridge_kernel,
         "far": args.far,
         "encoder": encoder_name,
@@ -481,21 +577,46 @@ def _best_leak(metrics: dict[str, Any]) -> tuple[float, float]:
     )
 
 
+def _success(m: dict[str, Any], reference: float) -> str:
+    """Attack success next to its share of what the originals reach (capped at 1)."""
+    if "attack_success" not in m:
+        return "n/a"
+    success = m["attack_success"]
+    if not reference or not np.isfinite(reference) or reference <= 0:
+        return f"{success:.3f}"
+    return f"{success:.3f} ({min(1.0, success / reference):.2f})"
+
+
 def markdown_table(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The comparison table, the no-information floor as its own row, and the attack-vs-k table."""
+    steps = meta.get("steps_per_row", meta.get("steps_per_stage"))
     head = (
-        "| method | stages | verification acc (seeds) | payload bytes/query | decoder PSNR | decoder SSIM | decoder leakage "
-        "| decoder success | ridge PSNR | ridge SSIM | ridge leakage | ridge success | protects better than RGB |"
+        "| method | stages (steps) | verification acc (seeds) | payload values/query | as float32 | bytes sent "
+        "| decoder PSNR / SSIM | decoder leakage | decoder success (of originals') "
+        "| ridge PSNR / SSIM | ridge leakage | ridge success (of originals') | protects better than RGB |"
     )
     lines = [
-        f"Privacy comparison ({meta['data']}, backbone {meta['backbone']}, {meta['steps_per_stage']} steps per stage, "
-        f"batch {meta['batch_size']}, lr {meta['lr']}, ArcFace s {meta.get('margin_scale', 64.0):g}; attack decoder {meta['decoder_steps']} steps; "
-        f"success at FAR {meta['far']:g}; identity encoder: {meta['encoder']}; wall {meta['wall_seconds']:.0f} s)",
+        f"Privacy comparison ({meta['data']}, backbone {meta['backbone']}, {steps} training steps per row "
+        f"(two-stage rows split them), batch {meta['batch_size']}, lr {meta['lr']}, ArcFace s "
+        f"{meta.get('margin_scale', 64.0):g}; attack decoder {meta['decoder_steps']} steps, widths "
+        f"{meta.get('decoder_widths', 'n/a')}, lr {meta.get('decoder_lr', 'n/a')} "
+        f"{meta.get('decoder_lr_schedule', '')}; success at FAR {meta['far']:g}; identity encoder: "
+        f"{meta['encoder']}; wall {meta['wall_seconds']:.0f} s)",
         "",
         head,
         "|" + "---|" * 13,
     ]
     rgb = results.get("rgb")
     rgb_leak = _best_leak(rgb["attack"]) if rgb else None
+    noinfo = next(iter(results.values()))["attack"]["no_information"]
+    reference = noinfo.get("reference_tar", float("nan"))
+
+    def f(m, k, fmt="{:.3f}"):
+        return fmt.format(m[k]) if k in m else "n/a"
+
+    def quality(m):
+        return f"{f(m, 'psnr', '{:.2f}')} / {f(m, 'ssim')}" if m else "n/a"
+
     for row, r in results.items():
         dec, rid = r["attack"]["decoder"], r["attack"].get("ridge", {})
         v = r["verification"]
@@ -504,26 +625,51 @@ def markdown_table(results: dict[str, Any], meta: dict[str, Any]) -> str:
         else:
             leak = _best_leak(r["attack"])
             verdict = "yes" if leak[0] < rgb_leak[0] and leak[1] <= rgb_leak[1] else "**no**"
-
-        def f(m, k, fmt="{:.3f}"):
-            return fmt.format(m[k]) if k in m else "n/a"
-
+        size = r.get("payload", {"values": None, "float32_bytes": None, "sent_bytes": r["payload_bytes"]})
+        values = "n/a" if size["values"] is None else f"{size['values']:,}"
+        as_f32 = "n/a" if size["float32_bytes"] is None else f"{size['float32_bytes']:,}"
         acc = f"{v['accuracy']:.3f} ± {v['seed_std']:.3f}" if v["seeds"] else f"{v['accuracy']:.3f} (det.)"
+        split = "+".join(str(x) for x in r.get("stage_steps", [])) or "?"
         lines.append(
-            f"| {row} | {r['stages']} | {acc} | {r['payload_bytes']:,} | "
-            f"{f(dec, 'psnr', '{:.2f}')} | {f(dec, 'ssim')} | {f(dec, 'identity_leakage')} | {f(dec, 'attack_success')} | "
-            f"{f(rid, 'psnr', '{:.2f}')} | {f(rid, 'ssim')} | {f(rid, 'identity_leakage')} | {f(rid, 'attack_success')} | {verdict} |"
+            f"| {row} | {r['stages']} ({split}) | {acc} | {values} | {as_f32} | {size['sent_bytes']:,} | "
+            f"{quality(dec)} | {f(dec, 'identity_leakage')} | {_success(dec, reference)} | "
+            f"{quality(rid)} | {f(rid, 'identity_leakage')} | {_success(rid, reference)} | {verdict} |"
         )
-    noinfo = next(iter(results.values()))["attack"]["no_information"]
+    lines.append(
+        f"| no-information floor | - | - | 0 | 0 | 0 | {quality(noinfo)} | {f(noinfo, 'identity_leakage')} | "
+        f"{_success(noinfo, reference)} | - | - | - | - |"
+    )
     lines += [
         "",
         f"Verification: {meta['verification_pairs']} pairs over {meta['verification_identities']} unseen identities; "
         f"randomised methods mean ± std over query seeds {meta['query_seeds']}, deterministic ones (det.) one run. "
-        "Payload: uint8 image for RGB, float32 tensors (+ masks) for the protected rows.",
-        f"No-information floor (public mean face for every victim): PSNR {noinfo['psnr']:.2f}, SSIM {noinfo['ssim']:.3f}, "
-        f"leakage {noinfo.get('identity_leakage', float('nan')):.3f}, success {noinfo.get('attack_success', float('nan')):.3f}. "
-        f"Originals verified at that FAR: {noinfo.get('reference_tar', float('nan')):.3f}.",
+        "Payload: values per query (tensor + extras), the same values as float32, and the bytes a deployment "
+        "sends (RGB: the uint8 image; protected rows: float32 tensors and masks, as protect() returns them). "
+        "No-information floor: the public mean face for every victim. "
+        f"Success in parentheses: its share of the {reference:.3f} of original victim faces that verify at "
+        "that FAR (capped at 1).",
     ]
+    multi = {row: r["multi_query"] for row, r in results.items() if r.get("multi_query")}
+    if multi:
+        ks = sorted({int(k) for m in multi.values() for k in m})
+        lines += [
+            "",
+            "Multi-query attacks (the attacker holds k payloads of each face: DCTDP and MinusFace averaged, "
+            "PartialFace subsets united; best of the two attackers): identity leakage / attack success",
+            "",
+            "| method | " + " | ".join(f"k = {k}" for k in ks) + " |",
+            "|---|" + "---|" * len(ks),
+        ]
+        for row, by_k in multi.items():
+            cells = []
+            for k in ks:
+                m = by_k.get(str(k))
+                if m is None:
+                    cells.append("n/a")
+                    continue
+                leak, success = _best_leak(m)
+                cells.append(f"{leak:.3f} / {success:.3f}")
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

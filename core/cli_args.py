@@ -1,8 +1,8 @@
 """Command-line flags generated from a stage's pydantic config.
 
 Each field of the config becomes one flag (``per_identity`` -> ``--per-identity``), with its type, its
-choices (``Literal``), ``--x/--no-x`` for booleans, several values for lists, repeatable ``KEY=VALUE``
-for dicts, and help text from ``Field(description=...)`` ending in the default, read from the model.
+choices (``Literal``), ``--x/--no-x`` for booleans, several values for lists (the flag repeatable),
+repeatable ``KEY=VALUE`` for dicts, and help text from ``Field(description=...)`` ending in the default, read from the model.
 Fields of nested configs (``QualityConfig.metrics``) become flags of their own. Defaults live only in
 the model: a flag that is not given is not passed on, so the config decides (as transformers'
 ``HfArgumentParser`` does, plus pydantic validation). ``--config FILE`` takes the same spelling as the
@@ -210,6 +210,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, spec: CliSpec) -> None
             kwargs.setdefault("metavar", option.path[-1].upper())
             action = parser.add_argument(option.dest, **kwargs)
         else:
+            if kwargs.get("nargs") == "+":
+                kwargs["action"] = "extend"  # `--tags a --tags b` gives both, like `--tags a b`
             action = parser.add_argument(*option.option_strings, dest=option.dest, **kwargs)
         for old in option.hidden:
             alias_kwargs = {k: v for k, v in kwargs.items() if k not in ("help", "action")}
@@ -325,7 +327,9 @@ def config_from_args(
 def to_argv(spec: CliSpec, settings: dict[str, Any]) -> list[str]:
     """The command-line arguments that set ``settings`` (nested like the config), e.g. to print a rerun command."""
     argv: list[str] = []
-    for option in spec.options():
+    # positionals first: after a several-valued flag they would be read as its values
+    options = sorted(spec.options(), key=lambda o: bool(o.option_strings))
+    for option in options:
         value: Any = settings
         for key in option.path:
             if not isinstance(value, dict) or key not in value:

@@ -16,6 +16,10 @@ column           meaning
 ``anchor_cos``   float32, requested cosine to the identity anchor, null where unknown
 ``id_cos``       float32, realised cosine of the re-embedded image, null where unknown
 ``embedding``    fixed-size list of float32 (only when the dataset has embeddings)
+``landmarks``    optional: five (x, y) float32 points on the 112x112 crop (ArcFace order: eyes,
+                 nose tip, mouth corners, image-left first), null where unknown; only in shards
+                 whose producer knows them (the aligner, the parametric renderer). Older shards
+                 without the column read as before; readers treat a missing value as unknown.
 ===============  =====================================================================
 """
 
@@ -47,6 +51,7 @@ MAX_IMAGE_SIDE = 1024
 ATTRIBUTE_NAMES = ("yaw", "pitch", "roll", "age")
 ROW_GROUP_SIZE = 256
 IMAGE_FORMATS = ("png", "jpeg")
+NUM_LANDMARKS = 5
 
 
 def shard_name(index: int, num_shards: int, split: str = SPLIT) -> str:
@@ -54,8 +59,11 @@ def shard_name(index: int, num_shards: int, split: str = SPLIT) -> str:
     return f"{DATA_DIR}/{split}-{index:05d}-of-{num_shards:05d}.parquet"
 
 
-def features(embedding_dim: int | None):
-    """The `datasets.Features` of a v1 shard; ``embedding_dim=None`` drops the embedding column."""
+def features(embedding_dim: int | None, landmarks: bool = False):
+    """The `datasets.Features` of a v1 shard; ``embedding_dim=None`` drops the embedding column.
+
+    ``landmarks=True`` adds the optional ``landmarks`` column (five (x, y) points per row).
+    """
     from datasets import Features, Image, List, Value
 
     columns: dict[str, Any] = {
@@ -70,12 +78,14 @@ def features(embedding_dim: int | None):
     }
     if embedding_dim is not None:
         columns["embedding"] = List(Value("float32"), length=int(embedding_dim))
+    if landmarks:
+        columns["landmarks"] = List(List(Value("float32"), length=2), length=NUM_LANDMARKS)
     return Features(columns)
 
 
-def arrow_schema(embedding_dim: int | None) -> pa.Schema:
+def arrow_schema(embedding_dim: int | None, landmarks: bool = False) -> pa.Schema:
     """Arrow schema with the ``huggingface`` features metadata attached."""
-    return features(embedding_dim).arrow_schema
+    return features(embedding_dim, landmarks).arrow_schema
 
 
 def encode_image(image: np.ndarray | PILImage.Image, image_format: str = "png", quality: int = 95) -> bytes:
@@ -119,11 +129,36 @@ class ShardRow:
     attributes: Mapping[str, float] | None = None
     anchor_cos: float | None = None
     id_cos: float | None = None
+    #: (5, 2) pixel (x, y) points on the crop, or None where unknown
+    landmarks: np.ndarray | None = None
 
 
-def rows_to_table(rows: Sequence[ShardRow], embedding_dim: int | None, image_format: str = "png") -> pa.Table:
-    """Encode rows into an Arrow table with the v1 schema (images encoded here when given as pixels)."""
-    schema = arrow_schema(embedding_dim)
+def _landmark_value(row: ShardRow, i: int) -> list[list[float]] | None:
+    if row.landmarks is None:
+        return None
+    points = np.asarray(row.landmarks, dtype=np.float32)
+    if points.shape != (NUM_LANDMARKS, 2) or not np.all(np.isfinite(points)):
+        raise ShardError(
+            f"row {i} (identity {row.identity!r}): landmarks must be {NUM_LANDMARKS} finite (x, y) points, "
+            f"got shape {points.shape}"
+        )
+    return points.tolist()
+
+
+def rows_to_table(
+    rows: Sequence[ShardRow],
+    embedding_dim: int | None,
+    image_format: str = "png",
+    landmarks: bool | None = None,
+) -> pa.Table:
+    """Encode rows into an Arrow table with the v1 schema (images encoded here when given as pixels).
+
+    ``landmarks``: whether to write the optional landmarks column; ``None`` writes it when any row
+    has landmarks (rows without them get null).
+    """
+    if landmarks is None:
+        landmarks = any(r.landmarks is not None for r in rows)
+    schema = arrow_schema(embedding_dim, landmarks)
     images = []
     for row in rows:
         data = row.image if isinstance(row.image, bytes) else encode_image(row.image, image_format)
@@ -157,6 +192,8 @@ def rows_to_table(rows: Sequence[ShardRow], embedding_dim: int | None, image_for
                 )
             flat[i] = vector
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), embedding_dim)
+    if landmarks:
+        columns["landmarks"] = [_landmark_value(r, i) for i, r in enumerate(rows)]
     return pa.table(columns, schema=schema)
 
 
@@ -199,9 +236,14 @@ def embedding_dim_of(schema: pa.Schema) -> int | None:
     return field_type.list_size
 
 
+def has_landmarks(schema: pa.Schema) -> bool:
+    """Whether a shard schema carries the optional ``landmarks`` column."""
+    return "landmarks" in schema.names
+
+
 def check_schema(path: str | os.PathLike, schema: pa.Schema) -> None:
-    """Raise :class:`ShardError` unless ``schema`` is a v1 shard schema."""
-    expected = arrow_schema(embedding_dim_of(schema))
+    """Raise :class:`ShardError` unless ``schema`` is a v1 shard schema (with or without landmarks)."""
+    expected = arrow_schema(embedding_dim_of(schema), has_landmarks(schema))
     if not schema.remove_metadata().equals(expected.remove_metadata()):
         missing = sorted(set(expected.names) - set(schema.names))
         extra = sorted(set(schema.names) - set(expected.names))

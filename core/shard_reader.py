@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 Source = str | os.PathLike
 
 
-def dataset_files(source: Source, *, allow_plain: bool = True) -> list[Path]:
+def dataset_files(source: Source, *, allow_plain: bool = False) -> list[Path]:
     """The Parquet shards of a dataset folder (see :func:`dataset_shards`), or the file itself."""
     return [file for file, _ in dataset_shards(source, allow_plain=allow_plain)]
 
@@ -50,14 +50,14 @@ def dataset_files(source: Source, *, allow_plain: bool = True) -> list[Path]:
 LabelledShard = tuple[Path, tuple[int, int | None]]
 
 
-def dataset_shards(source: Source, *, allow_plain: bool = True) -> list[LabelledShard]:
+def dataset_shards(source: Source, *, allow_plain: bool = False) -> list[LabelledShard]:
     """The Parquet shards of a dataset folder, as its manifest lists them, or the file itself.
 
     A folder with a ``facesynth.json`` is read exactly as the manifest says: a listed shard that is
     missing, an unlisted one beside them, or a row count that differs is refused (``facesynth verify``
     gives the full report). A folder whose writer has not finished (working state but no manifest) is
-    refused. A folder of plain Parquet shards with neither is read with a warning when
-    ``allow_plain``, refused otherwise.
+    refused. A folder of plain Parquet shards with neither is refused with ``verify``'s message, or
+    read with a warning when ``allow_plain`` (a stage's ``allow_plain_parquet`` setting) is given.
     """
     path = Path(source)
     if path.is_file():
@@ -77,8 +77,9 @@ def dataset_shards(source: Source, *, allow_plain: bool = True) -> list[Labelled
         raise ShardError(f"{path}: no Parquet shards found (expected {DATA_DIR}/train-*.parquet)")
     if not allow_plain:
         raise ShardError(
-            f"{path}: has no {MANIFEST_NAME}, so it is not a finished facesynth dataset "
-            "(allow_plain_parquet reads a plain Parquet folder unchecked)"
+            f"{path / MANIFEST_NAME}: manifest is missing (the dataset is incomplete or not a facesynth "
+            f"dataset; `facesynth verify {path}` checks it); to read a plain Parquet folder unchecked, "
+            "pass --allow-plain-parquet (allow_plain_parquet: true)"
         )
     if str(path) not in _WARNED_PLAIN:
         _WARNED_PLAIN.add(str(path))
@@ -132,7 +133,7 @@ def check_labels(
         )
 
 
-def _all_shards(sources: Source | Sequence[Source], allow_plain: bool = True) -> list[LabelledShard]:
+def _all_shards(sources: Source | Sequence[Source], allow_plain: bool = False) -> list[LabelledShard]:
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     shards: list[LabelledShard] = []
@@ -142,7 +143,7 @@ def _all_shards(sources: Source | Sequence[Source], allow_plain: bool = True) ->
 
 
 def read_columns(
-    sources: Source | Sequence[Source], columns: Sequence[str], *, allow_plain: bool = True
+    sources: Source | Sequence[Source], columns: Sequence[str], *, allow_plain: bool = False
 ) -> pa.Table:
     """Read the given (non-image) columns of every shard into one Arrow table (labels checked)."""
     tables = []
@@ -159,6 +160,11 @@ def read_columns(
             check_labels(file, table["label"], limits)
         tables.append(table)
     return pa.concat_tables(tables)
+
+
+def sources_have_column(sources: Source | Sequence[Source], column: str) -> bool:
+    """Whether every shard of ``sources`` has ``column`` (for optional columns such as ``landmarks``)."""
+    return all(column in read_schema(file).names for file, _ in _all_shards(sources))
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -185,7 +191,8 @@ class ShardDataset(IterableDataset):
     """Stream rows of one or more shard datasets as dicts of tensors.
 
     Each item has ``image`` (float32 (3,H,W) in [-1,1]) and ``label`` (int64 tensor), plus any extra
-    ``columns`` requested (``embedding`` as a float32 tensor; others as Python values).
+    ``columns`` requested (``embedding`` as a float32 tensor, ``landmarks`` as a float32 (5, 2)
+    tensor with NaN where unknown; others as Python values).
     ``label_offsets`` shifts each source's labels (used to mix datasets with distinct classes).
     An image that does not decode is skipped, logged with its file and row, and counted in the
     summary logged when the pass ends (``skip_bad_images=False`` raises instead).
@@ -206,7 +213,7 @@ class ShardDataset(IterableDataset):
         label_offsets: Sequence[int] | None = None,
         decode_images: bool = True,
         skip_bad_images: bool = True,
-        allow_plain: bool = True,
+        allow_plain: bool = False,
     ) -> None:
         if isinstance(sources, (str, os.PathLike)):
             sources = [sources]
@@ -372,6 +379,12 @@ class ShardDataset(IterableDataset):
                     value = data[column][i]
                     if column == "embedding" and value is not None:
                         value = torch.tensor(value, dtype=torch.float32)
+                    elif column == "landmarks":  # unknown (null) -> NaN points, so batches still collate
+                        value = (
+                            torch.full((5, 2), float("nan"))
+                            if value is None
+                            else torch.tensor(value, dtype=torch.float32)
+                        )
                     item[column] = value
                 yield item
         if skipped:

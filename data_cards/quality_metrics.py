@@ -5,7 +5,8 @@ face-recognition model, the ``(N,)`` integer class labels and, where known, the 
 the generator used, per-image attributes and the class centres of a reference set of real
 identities. The result is a plain, JSON-serialisable ``dict``.
 
-The definitions follow the reference note (``id3_and_sfr_anchors.md`` section 5):
+The definitions follow the papers named below (DCFace, Kim et al., CVPR 2023, for C_intra and greedy
+centre uniqueness; ISO/IEC 19795-1 for EER and FNMR at FMR):
 
 * intra-class consistency: cosine of each image to its class centre (the normalised class mean),
   DCFace's C_intra (share of images within cosine distance ``1 - consistency_threshold`` of the centre,
@@ -35,6 +36,7 @@ import numpy as np
 from pydantic import Field
 
 from facesynth.core.config import StageConfig
+from facesynth.core.verification_metrics import error_rates
 
 ATTRIBUTE_NAMES = ("yaw", "pitch", "roll", "age")
 # Bin widths for the attribute entropies: 10 degrees of pose, 10 years of age.
@@ -49,7 +51,7 @@ MAX_LISTED_NAMES = 1000  # flagged identity names listed in a report (the count 
 class QualitySettings(StageConfig):
     """Thresholds and sample sizes of :func:`compute_quality` (all cosines, in [-1, 1]).
 
-    The default thresholds are the ones the reference note cites (DCFace: uniqueness and C_intra at
+    The default thresholds follow DCFace (Kim et al., CVPR 2023: uniqueness and C_intra at
     cosine distance r = 0.3, i.e. cosine 0.7; leakage / flips at cosine 0.3, DCFace's filter). The right
     verification threshold depends on the evaluation encoder, so set ``flip_threshold`` and
     ``leak_threshold`` to your encoder's threshold at the FMR you care about.
@@ -345,40 +347,6 @@ def greedy_uniqueness(centres: np.ndarray, threshold: float, block_size: int = 1
     return accepted
 
 
-def verification_rates(
-    genuine: np.ndarray, impostor: np.ndarray, fmrs: Sequence[float] = (1e-2, 1e-3)
-) -> dict[str, Any]:
-    """EER and FNMR at the given FMRs (with thresholds) from genuine and impostor cosine scores."""
-    from sklearn.metrics import roc_curve
-
-    if genuine.size == 0 or impostor.size == 0:
-        return {"eer": None, "fnmr_at_fmr": {}}
-    y = np.concatenate([np.ones(genuine.size, dtype=np.int8), np.zeros(impostor.size, dtype=np.int8)])
-    scores = np.concatenate([genuine, impostor]).astype(np.float64)
-    fpr, tpr, thresholds = roc_curve(y, scores, drop_intermediate=False)
-    fnr = 1.0 - tpr
-    # EER: the first ROC point where FNMR <= FMR, interpolated with the point before it
-    k = int(np.argmax(fnr <= fpr))
-    if k == 0:
-        eer, eer_threshold = float((fpr[0] + fnr[0]) / 2), float(thresholds[0])
-    else:
-        d0, d1 = fnr[k - 1] - fpr[k - 1], fnr[k] - fpr[k]
-        w = d0 / (d0 - d1) if d0 != d1 else 0.5
-        eer = float(fpr[k - 1] + w * (fpr[k] - fpr[k - 1]))
-        eer_threshold = float(thresholds[k - 1] + w * (thresholds[k] - thresholds[k - 1]))
-    rates: dict[str, Any] = {}
-    for fmr in fmrs:
-        ok = np.nonzero(fpr <= fmr)[0]
-        idx = int(ok[-1])  # the operating point with the most genuine accepts at FMR <= target
-        rates[f"{fmr:g}"] = {
-            "fnmr": float(fnr[idx]),
-            "threshold": float(thresholds[idx]) if np.isfinite(thresholds[idx]) else None,
-            "achieved_fmr": float(fpr[idx]),
-            "resolvable": bool(impostor.size * fmr >= 10),
-        }
-    return {"eer": eer, "eer_threshold": eer_threshold, "fnmr_at_fmr": rates}
-
-
 def fisher_discriminant_ratio(genuine: np.ndarray, impostor: np.ndarray) -> float | None:
     """FDR = (mean_gen - mean_imp)^2 / (var_gen + var_imp); None without both kinds of scores."""
     if genuine.size == 0 or impostor.size == 0:
@@ -595,7 +563,7 @@ def compute_quality(
         "nearest_other_centre": _summary(nearest[np.isfinite(nearest)]),
         "image_impostor_sampled": {**imp_moments.result(), "sampled": sampled},
         "fisher_discriminant_ratio": fisher_discriminant_ratio(genuine, impostor),
-        **verification_rates(genuine_roc, impostor),
+        **error_rates(genuine_roc, impostor),
         "genuine_histogram": gen_hist,
     }
     if anchors is not None and num_classes >= 2:

@@ -52,14 +52,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from facesynth.core.config import StageConfig
 from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.core.shard_format import IMAGE_SIZE
 from facesynth.generators.identity_sampling import (
-    DEFAULT_COS_BAND,
     IdentityPlan,
+    IdentityPlanOptions,
     check_cos_band,
     make_anchors,
+    realised_anchor_cos,
 )
 from facesynth.generators.registry import (
     FaceGenerator,
@@ -94,7 +94,7 @@ LICENSES = {
 }
 
 
-class Arc2FaceOptions(StageConfig):
+class Arc2FaceOptions(IdentityPlanOptions):
     """Options of the ``arc2face`` generator (``-o key=value`` or ``--generator-config FILE``)."""
 
     model: str = Field(default=DEFAULT_MODEL, description="Hub id or folder with arc2face/ and encoder/")
@@ -124,23 +124,8 @@ class Arc2FaceOptions(StageConfig):
         default=0.8, gt=0.0, le=1.0, description="centre crop kept when not aligning"
     )
     resolution: int | None = Field(default=None, ge=8, description="image side (default: the UNet's)")
-    cos_lb: float = Field(default=DEFAULT_COS_BAND[0], ge=-1.0, le=1.0)
-    cos_ub: float = Field(default=DEFAULT_COS_BAND[1], ge=-1.0, le=1.0)
-    anchors: str = Field(default="tammes", description="'tammes', 'random' or a .npy file of unit anchors")
-    tammes_steps: int = Field(default=300, ge=0)
-    anchor_device: str = Field(default="cpu", description="device of the Tammes solve (cpu: reproducible)")
-    anchor_cache: str | None = Field(default=None, description="folder where anchors are stored and reused")
-    subspace_rank: int | None = Field(default=None, ge=2)
-    reference: list[str] = Field(default_factory=list, description="shards with embeddings (anchor subspace)")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     batch_size: int = Field(default=8, ge=1, le=4096, description="requests per denoising batch")
-
-    @field_validator("reference", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        if value is None:
-            return []
-        return [value] if isinstance(value, str) else value
 
     @field_validator("identity_encoder", "eval_encoder", mode="before")
     @classmethod
@@ -471,19 +456,10 @@ class Arc2FaceGenerator(FaceGenerator):
                     out[i] = face.image
         return out
 
-    @torch.no_grad()
     def _id_cos(self, images: np.ndarray, labels: Sequence[int]) -> np.ndarray | None:
         if self.eval_encoder is None:
             return None
-        from facesynth.generators.id3_loss import embed_for_identity
-        from facesynth.recognizers.encoders import images_to_tensor
-
-        batch = images_to_tensor(images)
-        device = getattr(self.eval_encoder, "device", None)
-        if isinstance(device, torch.device):
-            batch = batch.to(device)
-        embedded = embed_for_identity(self.eval_encoder, batch).double().cpu().numpy()
-        return (embedded * self.plan.anchors[np.asarray(labels)].astype(np.float64)).sum(axis=1)
+        return realised_anchor_cos(self.eval_encoder, images, self.plan.anchors[np.asarray(labels)])
 
     def generate(self, requests: Sequence[SampleRequest]) -> list[GeneratedFace]:
         if not requests:

@@ -1,6 +1,6 @@
 """``facesynth generate --generator id3``: ID3 synthetic datasets from a trained ID3Pipeline.
 
-The generator follows ID3's dataset recipe (Algorithm 3; reference note section 2.8): N identity
+The generator follows ID3's dataset recipe (arXiv 2409.17576, Algorithm 3 and Appendix C): N identity
 anchors spread by a Tammes solver, per image a condition embedding at a uniformly drawn cosine to
 its anchor, attributes resampled from a training set, then ID-preserving sampling with the pipeline.
 Registered as ``id3``, it inherits sharding, determinism and resume from ``facesynth generate``.
@@ -15,7 +15,7 @@ each image uses a numpy generator and a torch CPU generator seeded from its requ
 result does not depend on batching or the number of processes (up to float reduction order of
 batched convolutions, i.e. at most a rare 1-level difference in 8-bit pixels).
 
-Defaults, and which are unverified (ID3's code was never released, see reference note 2.1):
+Defaults, and which are unverified (ID3's code was never released):
 
 =========================  ===============  =====================================================
 option                     default          status
@@ -26,7 +26,7 @@ attributes                 empirical        paper (rows resampled from ``referen
 num_inference_steps        50               unverified
 scheduler                  saved            unverified (DDPM vs DDIM unknown)
 guidance_scale             1.0 (no CFG)     unverified (whether ID3 uses CFG is unknown)
-id_guidance (kappa)        1.0              unverified (tune on a pilot, reference note section 6)
+id_guidance (kappa)        1.0              unverified (tune on a pilot run)
 id_guidance_schedule       alpha_bar        ours; ``id3_sigmoid`` ties kappa_t to the training weight
 id_guidance_every / until  1 / 1.0          ours (identity gradient on every step; fewer is faster)
 scheduler (speed)          saved            ``dpmsolver++`` / ``unipc`` at 15-25 steps: see
@@ -56,15 +56,15 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from facesynth.core.config import StageConfig
 from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.core.shard_format import IMAGE_SIZE
 from facesynth.generators.identity_sampling import (
-    DEFAULT_COS_BAND,
     IdentityPlan,
+    IdentityPlanOptions,
     check_cos_band,
     load_attribute_sampler,
     make_anchors,
+    realised_anchor_cos,
 )
 from facesynth.generators.registry import (
     FaceGenerator,
@@ -81,7 +81,7 @@ ID3_GENERATOR_VERSION = 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class ID3Options(StageConfig):
+class ID3Options(IdentityPlanOptions):
     """Options of the ``id3`` generator (``-o key=value`` or ``--generator-config FILE``)."""
 
     pipeline: str = Field(description="folder of a saved ID3Pipeline (save_pretrained)")
@@ -109,30 +109,9 @@ class ID3Options(StageConfig):
     attention: Literal["sdpa", "math"] = "sdpa"
     compile: bool = Field(default=False, description="torch.compile the UNet and the identity encoder")
     eta: float = Field(default=0.0, ge=0.0, le=1.0, description="DDIM eta")
-    cos_lb: float = Field(default=DEFAULT_COS_BAND[0], ge=-1.0, le=1.0)
-    cos_ub: float = Field(default=DEFAULT_COS_BAND[1], ge=-1.0, le=1.0)
-    anchors: str = Field(default="tammes", description="'tammes', 'random' or a .npy file of unit anchors")
-    tammes_steps: int = Field(default=300, ge=0)
-    anchor_device: str = Field(default="cpu", description="device of the Tammes solve (cpu: reproducible)")
-    anchor_cache: str | None = Field(
-        default=None, description="folder where computed anchors are stored and reused (resume, many ranks)"
-    )
-    subspace_rank: int | None = Field(
-        default=None, ge=2, description="restrict anchors to the PCA shell of the reference embeddings"
-    )
     attributes: str = Field(default="empirical", description="'empirical', 'none' or a .npy/.csv/shard path")
-    reference: list[str] = Field(
-        default_factory=list, description="training shards: attribute table and anchor subspace"
-    )
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     batch_size: int = Field(default=16, ge=1, le=4096, description="requests per pipeline call")
-
-    @field_validator("reference", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        if value is None:
-            return []
-        return [value] if isinstance(value, (str, Path)) else value
 
     @field_validator("identity_encoder", "eval_encoder", mode="before")
     @classmethod
@@ -332,22 +311,8 @@ class ID3Generator(FaceGenerator):
         pixels = (images.clamp(0, 1) * 255.0).round().to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).contiguous().numpy()
 
-    @torch.no_grad()
     def _id_cos(self, images: np.ndarray, labels: Sequence[int]) -> np.ndarray | None:
         """Cosine between each stored image's re-embedding and its identity anchor."""
         if self.eval_encoder is None:
             return None
-        from facesynth.generators.id3_loss import embed_for_identity
-        from facesynth.recognizers.encoders import images_to_tensor
-
-        batch = images_to_tensor(images)
-        device = getattr(self.eval_encoder, "device", None)
-        if isinstance(device, torch.device):
-            batch = batch.to(device)
-        embedded = embed_for_identity(self.eval_encoder, batch).double().cpu().numpy()
-        if embedded.shape[1] != self.embedding_dim:
-            raise FacesynthError(
-                f"evaluation encoder gives {embedded.shape[1]}-d embeddings, anchors are {self.embedding_dim}-d"
-            )
-        anchors = self.plan.anchors[np.asarray(labels)].astype(np.float64)
-        return (embedded * anchors).sum(axis=1)
+        return realised_anchor_cos(self.eval_encoder, images, self.plan.anchors[np.asarray(labels)])

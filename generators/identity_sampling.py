@@ -1,6 +1,6 @@
 """What to render for a new synthetic dataset: identity anchors, per-image conditions, attributes.
 
-ID3's dataset recipe (Algorithm 3; reference note id3_and_sfr_anchors.md section 2.8):
+ID3's dataset recipe (Xu et al., NeurIPS 2024, arXiv 2409.17576: Algorithm 3 and Appendix C):
 
 1. N anchors w_i on the unit sphere, spread by a Tammes solver (:mod:`facesynth.generators.tammes`),
    or placed at random (the paper's "ID3-random" ablation), or read from a ``.npy`` file.
@@ -26,9 +26,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator
 
+from facesynth.core.config import StageConfig
 from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.generators.attributes import ATTRIBUTE_NAMES, NEUTRAL_ATTRIBUTES, check_attributes
 
@@ -413,3 +416,61 @@ class IdentityPlan:
     def conditions(self, requests: Sequence) -> list[ImageCondition]:
         """One condition per :class:`~facesynth.generators.registry.SampleRequest`."""
         return [self.condition(r.label, r.seed) for r in requests]
+
+
+class IdentityPlanOptions(StageConfig):
+    """The identity-sampling options every identity-conditioned generator (ID3, Arc2Face) shares:
+    where the N anchors sit on the sphere and how far each image's condition strays from its anchor."""
+
+    cos_lb: float = Field(
+        default=DEFAULT_COS_BAND[0], ge=-1.0, le=1.0, description="lowest cosine of a condition to its anchor"
+    )
+    cos_ub: float = Field(
+        default=DEFAULT_COS_BAND[1],
+        ge=-1.0,
+        le=1.0,
+        description="highest cosine of a condition to its anchor",
+    )
+    anchors: str = Field(default="tammes", description="'tammes', 'random' or a .npy file of unit anchors")
+    tammes_steps: int = Field(default=300, ge=0, description="optimisation steps of the Tammes solver")
+    anchor_device: str = Field(default="cpu", description="device of the Tammes solve (cpu: reproducible)")
+    anchor_cache: str | None = Field(
+        default=None, description="folder where computed anchors are stored and reused (resume, many ranks)"
+    )
+    subspace_rank: int | None = Field(
+        default=None, ge=2, description="restrict anchors to the PCA shell of the reference embeddings"
+    )
+    reference: list[str] = Field(
+        default_factory=list, description="shards with embeddings: anchor subspace (and attribute table)"
+    )
+
+    @field_validator("reference", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [value] if isinstance(value, (str, Path)) else value
+
+
+def realised_anchor_cos(encoder, images: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """Cosine between each generated image's re-embedding under ``encoder`` and its identity anchor.
+
+    ``images`` are (B, H, W, 3) uint8, ``anchors`` the (B, D) anchors of their identities; this is the
+    ``id_cos`` column every identity-conditioned generator (ID3, Arc2Face) writes.
+    """
+    import torch
+
+    from facesynth.generators.id3_loss import embed_for_identity
+    from facesynth.recognizers.encoders import images_to_tensor
+
+    batch = images_to_tensor(images)
+    device = getattr(encoder, "device", None)
+    if isinstance(device, torch.device):
+        batch = batch.to(device)
+    with torch.no_grad():
+        embedded = embed_for_identity(encoder, batch).double().cpu().numpy()
+    if embedded.shape[1] != anchors.shape[1]:
+        raise FacesynthError(
+            f"evaluation encoder gives {embedded.shape[1]}-d embeddings, anchors are {anchors.shape[1]}-d"
+        )
+    return (embedded * anchors.astype(np.float64)).sum(axis=1)

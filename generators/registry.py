@@ -11,7 +11,6 @@ constructor takes ``num_identities``, ``seed``, ``device`` and its own keyword o
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from facesynth.core.errors import ConfigError
+from facesynth.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class GeneratedFace:
     attributes: Mapping[str, float] | None = None
     anchor_cos: float | None = None
     id_cos: float | None = None
+    #: (5, 2) pixel (x, y) landmarks on the crop when the generator knows them (shard column ``landmarks``)
+    landmarks: np.ndarray | None = None
 
 
 class FaceGenerator(ABC):
@@ -60,39 +62,36 @@ class FaceGenerator(ABC):
         """The effective, JSON-serialisable settings; their hash identifies the dataset."""
 
 
-_REGISTRY: dict[str, type[FaceGenerator]] = {}
-# Modules that register generators when imported; imported lazily so `--help` stays fast.
-_BUILTIN_MODULES = {
-    "parametric": "facesynth.generators.parametric_renderer",
-    "id3": "facesynth.generators.id3_generator",
-    "arc2face": "facesynth.generators.arc2face_generator",
-}
+#: Every generator ``facesynth generate`` can drive; built-ins are imported on first lookup.
+GENERATORS: Registry[type[FaceGenerator]] = Registry(
+    "generator",
+    {
+        "parametric": "facesynth.generators.parametric.renderer",
+        "id3": "facesynth.generators.id3_generator",
+        "arc2face": "facesynth.generators.arc2face_generator",
+    },
+)
 
 
 def register_generator(name: str) -> Callable[[type[FaceGenerator]], type[FaceGenerator]]:
     """Class decorator: make a :class:`FaceGenerator` available to ``facesynth generate``."""
 
     def decorator(cls: type[FaceGenerator]) -> type[FaceGenerator]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"generator {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        GENERATORS.register(name)(cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return decorator
 
 
 def available_generators() -> list[str]:
-    """Names accepted by :func:`build_generator`."""
-    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
+    """Names accepted by :func:`build_generator` (no provider is imported to list them)."""
+    return GENERATORS.names()
 
 
 def get_generator_class(name: str) -> type[FaceGenerator]:
-    if name not in _REGISTRY and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _REGISTRY:
-        raise ConfigError(f"generator: unknown name {name!r}; choose one of {available_generators()}")
-    return _REGISTRY[name]
+    """The generator class registered as ``name`` (imports a built-in provider on first use)."""
+    return GENERATORS.get(name)
 
 
 def build_generator(

@@ -3,7 +3,7 @@
 ID3 (Algorithm 3) places the N identity anchors of a synthetic dataset by solving the Tammes
 problem: put N points on the unit sphere so that the *minimum* pairwise angle is as large as
 possible. In 512-d random points are already nearly orthogonal, so what the solver buys is a better
-*worst* pair (reference note id3_and_sfr_anchors.md section 2.8).
+*worst* pair (ID3, arXiv 2409.17576, Appendix C).
 
 Method (ours; ID3's solver was never released): projected gradient descent on a per-point smooth
 maximum of cosines. Each point i moves away from the softmax(sharpness * cos) - weighted mean of its

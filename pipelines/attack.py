@@ -42,9 +42,14 @@ class AttackStageConfig(StageConfig):
     encoder: str | None = Field(default=None, description="independent identity encoder (torch:, onnx:, ...)")
     max_public_images: int = Field(default=2000, ge=2)
     max_victim_images: int = Field(default=500, ge=2)
-    decoder_steps: int = Field(default=500, ge=1)
+    decoder_steps: int = Field(default=1500, ge=1, description="decoder steps (DecoderConfig's default)")
     decoder_widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=1)
-    decoder_lr: float = Field(default=1e-3, gt=0)
+    decoder_lr: float = Field(default=2e-3, gt=0)
+    decoder_lr_schedule: str = Field(default="cosine", pattern="^(cosine|constant)$")
+    multi_query_ks: list[int] = Field(
+        default_factory=list,
+        description="randomised targets: also attack with k payloads of each face, for each k (e.g. 1 4 16)",
+    )
     identity_weight: float = Field(
         default=0.0, ge=0, description="identity loss weight (needs a torch: encoder)"
     )
@@ -59,15 +64,21 @@ class AttackStageConfig(StageConfig):
     seed: int = 0
     device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda, cuda:K")
     progress: bool = True
+    allow_plain_parquet: bool = Field(
+        default=False,
+        description="read dataset folders that have no facesynth.json (plain Parquet), unchecked",
+    )
 
 
 def load_faces(
-    sources: Sequence[str], max_images: int | None = None, seed: int = 0
+    sources: Sequence[str], max_images: int | None = None, seed: int = 0, *, allow_plain: bool = False
 ) -> tuple[torch.Tensor, list[str]]:
     """All (or a seeded random ``max_images``) faces of shard datasets: images in [-1, 1] and identities."""
     from facesynth.core.shard_reader import ShardDataset
 
-    dataset = ShardDataset(list(sources), shuffle=False, columns=["identity"], even_split=False)
+    dataset = ShardDataset(
+        list(sources), shuffle=False, columns=["identity"], even_split=False, allow_plain=allow_plain
+    )
     images, identities = [], []
     for row in dataset:
         images.append(row["image"])
@@ -137,6 +148,7 @@ def attack_config(config: AttackStageConfig):
             batch_size=config.batch_size,
             identity_weight=config.identity_weight,
             seed=config.seed,
+            lr_schedule=config.decoder_lr_schedule,
         ),
         ridge=config.ridge,
         ridge_mode=config.ridge_mode,
@@ -190,6 +202,21 @@ def markdown_report(results: dict[str, Any]) -> str:
     ref = next(iter(results["attackers"].values()))
     if "reference_tar" in ref:
         lines += ["", f"Originals verified at this FAR (ceiling for success): {ref['reference_tar']:.3f}."]
+    multi = results.get("multi_query")
+    if multi:
+        lines += [
+            "",
+            "## Multi-query attacks (k payloads of each face combined)",
+            "",
+            "| k | attacker | " + " | ".join(label for _, label in METRIC_COLUMNS) + " |",
+            "|---" * (len(METRIC_COLUMNS) + 2) + "|",
+        ]
+        for k, attackers in multi["by_k"].items():
+            for name, metrics in attackers.items():
+                if name == "view":
+                    continue
+                cells = [f"{metrics[key]:.3f}" if key in metrics else "n/a" for key, _ in METRIC_COLUMNS]
+                lines.append(f"| {k} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -204,11 +231,16 @@ def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
         config = config.model_copy(update={"device": "cuda" if torch.cuda.is_available() else "cpu"})
     out = Path(config.output_dir)
     torch.manual_seed(config.seed)
+    plain = config.allow_plain_parquet
     if config.victims:
-        public, public_ids = load_faces(config.public, config.max_public_images, config.seed)
-        victims, victim_ids = load_faces(config.victims, config.max_victim_images, config.seed + 1)
+        public, public_ids = load_faces(
+            config.public, config.max_public_images, config.seed, allow_plain=plain
+        )
+        victims, victim_ids = load_faces(
+            config.victims, config.max_victim_images, config.seed + 1, allow_plain=plain
+        )
     else:
-        images, identities = load_faces(config.public, None, config.seed)
+        images, identities = load_faces(config.public, None, config.seed, allow_plain=plain)
         (public, public_ids), (victims, victim_ids) = split_by_identity(
             images, identities, config.public_fraction
         )
@@ -247,6 +279,19 @@ def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
         progress=config.progress,
     )
     view = metrics.pop("view")
+    multi = None
+    if config.multi_query_ks and target != RGB_TARGET and target.randomised:
+        from facesynth.privacy.multi_query import multi_query_attack
+
+        multi = multi_query_attack(
+            target,
+            public,
+            victims,
+            labels_of(victim_ids),
+            attack_config(config),
+            config.multi_query_ks,
+            embed,
+        )
     results = {
         "target": description,
         "target_path": config.target,
@@ -258,6 +303,7 @@ def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
         "num_victim_identities": len(set(victim_ids)),
         "attack_view_channels": view["channels"],
         "attackers": metrics,
+        "multi_query": multi,
         "config": config.to_json_dict(),
         "seconds": round(time.perf_counter() - start, 1),
     }

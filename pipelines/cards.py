@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow.parquet as pq
+from pydantic import Field
 
-from facesynth.core.config import load_config_file
-from facesynth.core.errors import FacesynthError, ShardError
+from facesynth.core.config import StageConfig, load_config_file
+from facesynth.core.errors import ConfigError, FacesynthError, ShardError
 from facesynth.core.manifest import MANIFEST_NAME, Manifest
 from facesynth.core.shard_format import read_schema
 from facesynth.pipelines.quality import QUALITY_JSON
@@ -42,6 +43,59 @@ BENCHMARK_SUBFOLDERS = ("bench", "benchmarks", "eval")
 BACKBONE_CONFIG = "backbone_config.json"
 
 FolderKind = Literal["dataset", "model"]
+
+
+class CardOptions(StageConfig):
+    """What a card states beyond the folder's own files (the runner's ``card`` section)."""
+
+    repo_id: str | None = Field(
+        default=None, description="Hub repo id the card refers to (loading snippet, links)"
+    )
+    license: str | None = Field(
+        default=None,
+        description="Hub licence id of the card (unset: the source models' saved licence; 'unknown' when they "
+        "state none, and publish refuses it)",
+    )
+    encoder_license: str | None = Field(
+        default=None,
+        description="datasets: licence of the models that made or embedded the data, when their files do not "
+        "state it",
+    )
+    pretty_name: str | None = Field(default=None, description="datasets: title (unset: the folder name)")
+    source_datasets: list[str] = Field(default_factory=list, description="datasets: source dataset ids")
+    tags: list[str] = Field(default_factory=list, description="datasets: extra Hub tags")
+    model_name: str | None = Field(
+        default=None, description="models: model name (unset: from repo id or folder)"
+    )
+    training_data: list[str] = Field(default_factory=list, description="models: training dataset ids")
+    recipe_file: Path | None = Field(
+        default=None, description="models: training recipe file (YAML/TOML/JSON)"
+    )
+    benchmarks_file: Path | None = Field(
+        default=None, description="models: benchmark results JSON (unset: bench/bench.json in the folder)"
+    )
+    base_model: str | None = Field(default=None, description="models: base model repo id")
+
+
+class CardConfig(CardOptions):
+    """Settings of ``facesynth card``: the folder, its kind, and the card options."""
+
+    folder: Path = Field(description="dataset or model folder")
+    kind: Literal["auto", "dataset", "model"] = Field(
+        default="auto", description="card kind: auto detects it from the folder"
+    )
+
+
+DATASET_OPTIONS = ("repo_id", "license", "encoder_license", "pretty_name", "source_datasets", "tags")
+MODEL_OPTIONS = (
+    "repo_id",
+    "license",
+    "model_name",
+    "training_data",
+    "recipe_file",
+    "benchmarks_file",
+    "base_model",
+)
 
 
 def folder_kind(folder: str | Path) -> FolderKind:
@@ -258,18 +312,45 @@ def check_repo_id(repo_id: str) -> None:
         raise FacesynthError(f"--repo-id {repo_id!r} is not a valid Hub repo id ({exc})") from None
 
 
+def card_options(kind: FolderKind, options: CardOptions) -> dict[str, Any]:
+    """The options that apply to a ``kind`` card; one set for the other kind is refused, naming it."""
+    wanted = DATASET_OPTIONS if kind == "dataset" else MODEL_OPTIONS
+    defaults = CardOptions()
+    stray = [
+        name
+        for name in CardOptions.model_fields
+        if name not in wanted and getattr(options, name) != getattr(defaults, name)
+    ]
+    if stray:
+        flags = ", ".join("--" + name.replace("_", "-") for name in stray)
+        raise ConfigError(f"{flags}: not used by a {kind} card (only {', '.join(wanted)})")
+    return {name: getattr(options, name) for name in wanted}
+
+
 def write_card(folder: str | Path, kind: FolderKind | Literal["auto"] = "auto", **options: Any) -> Path:
-    """Write ``folder/README.md`` for a dataset or model folder; returns its path."""
-    if options.get("repo_id"):
-        check_repo_id(options["repo_id"])
+    """Write ``folder/README.md`` for a dataset or model folder; returns its path.
+
+    ``options`` are :class:`CardOptions` fields, validated before anything is read or written.
+    """
+    checked = CardOptions.from_mapping(options, source="card options")
+    if checked.repo_id:
+        check_repo_id(checked.repo_id)
     from facesynth.data_cards.dataset_card import write_dataset_card
     from facesynth.data_cards.model_card import write_model_card
 
     folder = Path(folder)
     kind = folder_kind(folder) if kind == "auto" else kind
+    chosen = card_options(kind, checked)
     if kind == "dataset":
-        path = write_dataset_card(dataset_card_facts(folder, **options), folder)
+        path = write_dataset_card(dataset_card_facts(folder, **chosen), folder)
     else:
-        path = write_model_card(model_card_facts(folder, **options), folder)
+        path = write_model_card(model_card_facts(folder, **chosen), folder)
     logger.info("%s card written: %s", kind, path)
     return path
+
+
+def run_card(config: CardConfig) -> tuple[FolderKind, Path]:
+    """The card stage: write the card of ``config.folder``; returns its kind and path."""
+    kind = folder_kind(config.folder) if config.kind == "auto" else config.kind
+    options = config.model_dump(include=config.model_fields_set & set(CardOptions.model_fields))
+    return kind, write_card(config.folder, kind, **options)

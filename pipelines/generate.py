@@ -339,6 +339,7 @@ def _generate_shard(
                     attributes=face.attributes,
                     anchor_cos=face.anchor_cos,
                     id_cos=face.id_cos,
+                    landmarks=face.landmarks,
                 )
             )
         if progress is not None:

@@ -69,11 +69,16 @@ class IngestConfig(StageConfig):
     split: str = "train"
     min_images: int = Field(default=1, ge=1, description="identities with fewer listed images are left out")
     max_identities: int | None = Field(default=None, gt=0)
+    allow_plain_parquet: bool = Field(
+        default=False,
+        description="a shards source may be a Parquet folder without facesynth.json (unchecked)",
+    )
 
     def content_config(self) -> dict[str, Any]:
         """Fields that define the output (``device``/``batch_size`` do not)."""
         data = self.to_json_dict()
         data.update(out=None, device=None, batch_size=None, source=str(Path(self.source).resolve()))
+        data.pop("allow_plain_parquet")  # how the source is read, not what it holds
         return data
 
 
@@ -172,13 +177,13 @@ def _hf_source(root: Path, config: IngestConfig) -> list[SourceIdentity]:
     return identities
 
 
-def _shard_source(root: Path) -> list[SourceIdentity]:
+def _shard_source(root: Path, allow_plain: bool = False) -> list[SourceIdentity]:
     import pyarrow.parquet as pq
 
     from facesynth.core.shard_reader import dataset_files, read_columns
 
-    files = dataset_files(root)
-    table = read_columns(root, ["label", "identity", "attributes"])
+    files = dataset_files(root, allow_plain=allow_plain)
+    table = read_columns(root, ["label", "identity", "attributes"], allow_plain=allow_plain)
     cache: dict[str, Any] = {}
 
     def loader(file: Path, row: int) -> Callable[[], np.ndarray]:
@@ -227,7 +232,7 @@ def list_source(config: IngestConfig) -> list[SourceIdentity]:
     elif kind == "hf":
         identities = _hf_source(root, config)
     else:
-        identities = _shard_source(root)
+        identities = _shard_source(root, config.allow_plain_parquet)
     identities = [i for i in identities if len(i.images) >= config.min_images]
     if config.max_identities:
         identities = identities[: config.max_identities]
@@ -351,6 +356,7 @@ def _ingest_locked(
                         attributes=ref.attributes
                         if ref.attributes is not None
                         else measure_attributes(face, image),
+                        landmarks=face.crop_landmarks,
                     )
                 )
                 kept += 1

@@ -13,13 +13,30 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
+from pydantic import Field
 
 from facesynth.core.atomic_io import TMP_SUFFIX
+from facesynth.core.config import StageConfig
 from facesynth.core.errors import ConfigError, FacesynthError, ShardError
 from facesynth.core.locks import output_lock
 from facesynth.core.shard_format import decode_image
-from facesynth.core.shard_reader import read_columns
+from facesynth.core.shard_reader import read_columns, sources_have_column
 from facesynth.recognizers.benchmark_files import VerificationSet, write_bin
+
+
+class PairsConfig(StageConfig):
+    """Settings of ``facesynth pairs`` (and the runner's pairs stage)."""
+
+    dataset: Path = Field(description="shard dataset folder of identities the recognizer never saw")
+    out: Path = Field(description="output .bin file")
+    num_pairs: int = Field(
+        default=3000, ge=2, multiple_of=2, description="total pairs, half genuine and half impostor"
+    )
+    seed: int = Field(default=0, description="seed of the pair draw")
+    allow_plain_parquet: bool = Field(
+        default=False, description="read a folder of Parquet shards that has no facesynth.json, unchecked"
+    )
+
 
 #: Draws allowed per wanted impostor pair before giving up (each draw is an impostor; only repeats fail).
 IMPOSTOR_DRAWS_PER_PAIR = 50
@@ -81,12 +98,13 @@ def verification_set_from_shards(
     seed: int = 0,
     name: str | None = None,
     *,
-    allow_plain_parquet: bool = True,
+    allow_plain_parquet: bool = False,
 ) -> VerificationSet:
     """Exactly ``num_pairs`` pairs (half genuine, half impostor) over the images of ``dataset``.
 
     What the dataset allows is computed first (same-identity pairs, different-identity pairs); a
-    request beyond it is refused with those numbers rather than silently shrunk.
+    request beyond it is refused with those numbers rather than silently shrunk. When every shard has
+    the optional ``landmarks`` column, the set carries them (NaN where unknown).
     """
     if num_pairs < 2 or num_pairs % 2:
         raise ConfigError(
@@ -127,8 +145,20 @@ def verification_set_from_shards(
     images = dict(zip(wanted, pc.struct_field(images_table["image"], "bytes").to_pylist(), strict=True))
     sources = [images[i] for pair in pairs for i in pair]
     issame = np.array([True, False] * half)
+    landmarks = None
+    if sources_have_column(dataset, "landmarks"):
+        values = read_columns(dataset, ["landmarks"], allow_plain=allow_plain_parquet).take(wanted)
+        points = dict(zip(wanted, values["landmarks"].to_pylist(), strict=True))
+        unknown = np.full((5, 2), np.nan, dtype=np.float32)
+        landmarks = np.stack(
+            [unknown if points[i] is None else np.asarray(points[i], np.float32) for p in pairs for i in p]
+        )
     return VerificationSet(
-        name=name or Path(dataset).name, sources=sources, issame=issame, origin=str(dataset)
+        name=name or Path(dataset).name,
+        sources=sources,
+        issame=issame,
+        origin=str(dataset),
+        landmarks=landmarks,
     )
 
 
@@ -175,3 +205,14 @@ def write_pairs_bin(
                     f"does not decode ({exc}); run `facesynth verify {dataset}`"
                 ) from None
         return write_bin(path, images, pairs.issame.tolist(), variant="bytes", image_format="PNG")
+
+
+def run_pairs(config: PairsConfig) -> Path:
+    """The pairs stage: :func:`write_pairs_bin` with the settings of ``config``."""
+    return write_pairs_bin(
+        config.dataset,
+        config.out,
+        config.num_pairs,
+        config.seed,
+        allow_plain_parquet=config.allow_plain_parquet,
+    )

@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
+
+from facesynth.core.config import StageConfig
 from facesynth.core.errors import FacesynthError
 from facesynth.pipelines.cards import CARD_NAME, check_repo_id, folder_kind
 
@@ -46,6 +49,21 @@ IGNORE_PATTERNS = (
     "__pycache__/*",
 )
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class PublishConfig(StageConfig):
+    """Settings of ``facesynth publish``."""
+
+    folder: Path = Field(description="dataset or model folder")
+    repo_id: str = Field(description="NAMESPACE/NAME on the Hub")
+    repo_type: Literal["auto", "dataset", "model"] = Field(
+        default="auto", description="Hub repo type: auto detects it from the folder"
+    )
+    private: bool = Field(default=False, description="create the repo as private")
+    dry_run: bool = Field(default=False, description="validate and list the upload; no network call")
+    commit_message: str | None = Field(
+        default=None, description="commit message (unset: 'Upload dataset with facesynth')"
+    )
 
 
 @dataclass(frozen=True)
@@ -446,3 +464,16 @@ def publish(
         ) from None
     url = str(getattr(repo, "url", "") or f"https://huggingface.co/{plan.repo_id}")
     return PublishResult(plan, uploaded=True, url=url)
+
+
+def run_publish(config: PublishConfig, *, api: Any = None) -> PublishResult:
+    """The publish stage: :func:`publish` with the settings of ``config``."""
+    return publish(
+        config.folder,
+        config.repo_id,
+        private=config.private,
+        dry_run=config.dry_run,
+        repo_type=config.repo_type,
+        commit_message=config.commit_message,
+        api=api,
+    )

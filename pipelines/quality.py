@@ -66,6 +66,9 @@ class QualityConfig(StageConfig):
     grid_identities: int = Field(8, ge=1)
     grid_images: int = Field(8, ge=1)
     metrics: QualitySettings = Field(default_factory=QualitySettings)
+    allow_plain_parquet: bool = Field(
+        False, description="read dataset folders that have no facesynth.json (plain Parquet), unchecked"
+    )
 
 
 @dataclass
@@ -76,12 +79,17 @@ class QualityResult:
     figures: dict[str, Path] = field(default_factory=dict)
 
 
-def _columns_of(source: Path) -> list[str]:
-    return read_schema(dataset_files(source)[0]).names
+def _columns_of(source: Path, allow_plain: bool = False) -> list[str]:
+    return read_schema(dataset_files(source, allow_plain=allow_plain)[0]).names
 
 
 def _embed_images(
-    source: Path, encoder, batch_size: int, expected_labels: np.ndarray, show_progress: bool
+    source: Path,
+    encoder,
+    batch_size: int,
+    expected_labels: np.ndarray,
+    show_progress: bool,
+    allow_plain: bool = False,
 ) -> np.ndarray:
     """Re-embed every image of ``source`` in file / row-group order (the order of ``read_columns``)."""
     import torch
@@ -89,7 +97,7 @@ def _embed_images(
     from tqdm.auto import tqdm
 
     # an undecodable image is an error naming it (skipping it would shift every later row)
-    dataset = ShardDataset(source, shuffle=False, skip_bad_images=False)
+    dataset = ShardDataset(source, shuffle=False, skip_bad_images=False, allow_plain=allow_plain)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=_collate_same_size(source))
     parts: list[np.ndarray] = []
     seen = 0
@@ -190,24 +198,27 @@ def _first_names(labels: np.ndarray, identities: pa.ChunkedArray) -> list[str]:
 
 
 def reference_centres(
-    reference: Path, encoder, batch_size: int, show_progress: bool
+    reference: Path, encoder, batch_size: int, show_progress: bool, allow_plain: bool = False
 ) -> tuple[np.ndarray, list[str]]:
     """Class centres (normalised means) of a real-identity shard dataset, and their identity names."""
-    table = read_columns(reference, ["label", "identity", *(["embedding"] if encoder is None else [])])
+    columns = ["label", "identity", *(["embedding"] if encoder is None else [])]
+    table = read_columns(reference, columns, allow_plain=allow_plain)
     labels = table["label"].to_numpy()
     if encoder is None:
         emb = _stored_embeddings(table, reference)
     else:
-        emb = _embed_images(reference, encoder, batch_size, labels, show_progress)
+        emb = _embed_images(reference, encoder, batch_size, labels, show_progress, allow_plain)
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     codes, classes = encode_labels(labels)
     centres, _ = class_centres(emb, codes, classes.size)
     return centres, _first_names(labels, table["identity"])
 
 
-def _grid_images(source: Path, labels: list[int], per_identity: int) -> list[list[np.ndarray]]:
+def _grid_images(
+    source: Path, labels: list[int], per_identity: int, allow_plain: bool = False
+) -> list[list[np.ndarray]]:
     wanted = {label: [] for label in labels}
-    for file in dataset_files(source):
+    for file in dataset_files(source, allow_plain=allow_plain):
         table = pq.read_table(
             file,
             columns=["image", "label", "index"],
@@ -252,9 +263,10 @@ def run_quality(config: QualityConfig, *, show_progress: bool = True) -> Quality
     source = Path(config.dataset)
     out = Path(config.out) if config.out is not None else source
     check_output_writable(out)
-    present = set(_columns_of(source))
+    plain = config.allow_plain_parquet
+    present = set(_columns_of(source, plain))
     columns = ["label", "identity", *[c for c in OPTIONAL_COLUMNS if c in present]]
-    table = read_columns(source, columns)
+    table = read_columns(source, columns, allow_plain=plain)
     if table.num_rows == 0:
         raise ShardError(f"{source}: the dataset has no rows")
     labels = table["label"].to_numpy()
@@ -266,7 +278,7 @@ def run_quality(config: QualityConfig, *, show_progress: bool = True) -> Quality
         from facesynth.recognizers.encoders import load_encoder
 
         encoder = load_encoder(config.encoder, device=config.device)
-        embeddings = _embed_images(source, encoder, config.batch_size, labels, show_progress)
+        embeddings = _embed_images(source, encoder, config.batch_size, labels, show_progress, plain)
         source_text = f"the evaluation encoder `{config.encoder}`"
         if "embedding" in present:
             conditions = _stored_embeddings(table, source)
@@ -288,7 +300,7 @@ def run_quality(config: QualityConfig, *, show_progress: bool = True) -> Quality
     ref_centres = ref_names = None
     if config.reference is not None:
         ref_centres, ref_names = reference_centres(
-            Path(config.reference), encoder, config.batch_size, show_progress
+            Path(config.reference), encoder, config.batch_size, show_progress, plain
         )
         if ref_centres.shape[1] != embeddings.shape[1]:
             raise FacesynthError(
@@ -322,7 +334,7 @@ def run_quality(config: QualityConfig, *, show_progress: bool = True) -> Quality
     fig_paths: dict[str, Path] = {}
     grid_labels = sorted(np.unique(labels).tolist())[: config.grid_identities]
     names = dict(zip(sorted(np.unique(labels).tolist()), class_names, strict=True))
-    grid = _grid_images(source, grid_labels, config.grid_images)
+    grid = _grid_images(source, grid_labels, config.grid_images, plain)
     if any(grid):
         fig_paths["sample grid"] = figs.sample_grid(
             grid,

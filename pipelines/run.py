@@ -1,14 +1,20 @@
-"""``facesynth run CONFIG`` / ``facesynth demo``: every stage from one config file, resumable.
+"""``facesynth run CONFIG`` / ``facesynth demo``: a graph of stages from one config file, resumable.
 
-The stages run in order: generate the training and evaluation datasets, build verification pairs
-from the evaluation identities, train a recognizer, benchmark it, measure dataset quality and
-write the dataset card. Each finished stage is recorded in ``RUN_DIR/stages.json`` with the hash of
-its settings *and* of everything upstream; a rerun skips stages whose hash still matches and
-resumes the others (generation reuses finished shards, training resumes from its last checkpoint).
+A run file names its stages and how they feed each other (:mod:`facesynth.pipelines.run_graph`);
+the stage kinds are in :mod:`facesynth.pipelines.run_stages`. The whole file is validated before
+any stage starts. ``RUN_DIR/stages.json`` records each stage's hash (settings and everything
+upstream); a rerun skips stages whose hash matches and whose output exists, and resumes the rest
+(generation reuses finished shards, training resumes from its last checkpoint). ``RUN_DIR/run.log``
+holds the whole run's log, ``RUN_DIR/report.md`` / ``report.html`` its summary.
+
+Top-level keys starting with ``x-`` hold YAML anchors to reuse (``<<: *train``) and are ignored.
+Named recipes ship in ``pipelines/configs/<name>.yaml`` (:func:`recipe_names`). Older run files
+with ``train_data`` / ``eval_data`` / ``pairs`` / ... sections are converted to the graph form.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -16,184 +22,223 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import Field
 
-from facesynth.core.atomic_io import config_hash, write_json_atomic
 from facesynth.core.config import StageConfig, load_config_file
+from facesynth.core.errors import ConfigError
+from facesynth.pipelines.run_graph import PlannedStage, StageSpec, execute, plan_run
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("generate_train", "generate_eval", "pairs", "train_recognizer", "bench", "quality", "card")
-
-
-class DatasetSection(StageConfig):
-    """A dataset to generate (the ``generate`` stage's settings without ``out``)."""
-
-    generator: str = "parametric"
-    identities: int = Field(gt=0)
-    per_identity: int = Field(gt=0)
-    seed: int = Field(default=0, ge=0)
-    shard_size: int = Field(default=5000, gt=0)
-    image_format: str = "png"
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
-class PairsSection(StageConfig):
-    num_pairs: int = Field(default=2000, gt=1)
-    seed: int = 0
+LEGACY_SECTIONS = ("train_data", "eval_data", "pairs", "train_recognizer", "bench", "quality", "card")
 
 
 class RunConfig(StageConfig):
-    """One file drives the whole pipeline; each section holds that stage's own settings."""
+    """One file drives the whole pipeline: a run folder and named stages."""
 
     run_dir: Path
-    train_data: DatasetSection
-    eval_data: DatasetSection
-    pairs: PairsSection = Field(default_factory=PairsSection)
-    train_recognizer: dict[str, Any] = Field(
-        default_factory=dict, description="RecognizerTrainConfig fields except data/output_dir/benchmarks"
+    description: str = ""
+    stages: dict[str, StageSpec] = Field(min_length=1)
+    skip: list[str] = Field(default_factory=list, description="stage names or kinds to leave out")
+    processes: int = Field(
+        default=1, ge=1, description="processes (GPUs) for training and generation stages; >1 launches them"
     )
-    bench: dict[str, Any] = Field(default_factory=lambda: {"batch_size": 64})
-    quality: dict[str, Any] = Field(
+    launcher: list[str] | None = Field(
+        default=None,
+        description="command prefix that starts several processes (default: python -m torch.distributed.run "
+        "--nproc_per_node PROCESSES); e.g. [accelerate, launch, --multi_gpu, --num_processes, '8']",
+    )
+    profiles: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="QualityConfig fields except dataset/out; encoder 'trained' = our recognizer",
+        description="named sets of dotted overrides (e.g. quick: {stages.id3.settings.max_steps: 50})",
     )
-    card: dict[str, Any] = Field(
-        default_factory=dict, description="dataset card options (license, pretty_name, ...)"
+
+
+def recipe_names() -> list[str]:
+    """The run recipes shipped with the package (``configs/*.yaml`` with a ``stages`` section)."""
+    folder = resources.files("facesynth.pipelines").joinpath("configs")
+    return sorted(
+        p.name[: -len(".yaml")]
+        for p in folder.iterdir()
+        if p.name.endswith(".yaml") and any(line.startswith("stages:") for line in p.read_text().splitlines())
     )
-    skip: list[str] = Field(default_factory=list, description=f"stages to leave out, from {list(STAGES)}")
 
 
 def builtin_config(name: str = "demo") -> dict[str, Any]:
-    """A config shipped with the package (``pipelines/configs/<name>.yaml``)."""
-    text = (
+    """A recipe shipped with the package (``pipelines/configs/<name>.yaml``) as a dict."""
+    if name not in recipe_names():
+        raise ConfigError(f"no recipe named {name!r} (recipes: {', '.join(recipe_names())})")
+    return yaml.safe_load(recipe_text(name))
+
+
+def recipe_text(name: str) -> str:
+    return (
         resources.files("facesynth.pipelines").joinpath("configs", f"{name}.yaml").read_text(encoding="utf-8")
     )
-    import yaml
-
-    return yaml.safe_load(text)
 
 
-class _StageLedger:
-    """``stages.json``: which stages finished, under which settings hash."""
+def legacy_to_graph(data: dict[str, Any]) -> dict[str, Any]:
+    """Convert the older section-per-stage run file (generate train/eval -> ... -> card) to stages."""
+    data = dict(data)
+    stages: dict[str, Any] = {
+        "train_data": {"kind": "generate", "settings": data.pop("train_data")},
+        "eval_data": {"kind": "generate", "settings": data.pop("eval_data")},
+        "pairs": {"kind": "pairs", "inputs": {"dataset": "eval_data"}, "settings": data.pop("pairs", {})},
+        "recognizer": {
+            "kind": "train_recognizer",
+            "inputs": {"data": ["train_data"], "benchmarks": ["pairs"]},
+            "settings": data.pop("train_recognizer", {}),
+        },
+        "bench": {
+            "kind": "bench",
+            "inputs": {"models": ["recognizer"], "benchmarks": ["pairs"]},
+            "settings": data.pop("bench", {}),
+        },
+    }
+    quality = dict(data.pop("quality", {}))
+    quality_inputs: dict[str, Any] = {"dataset": "train_data"}
+    if quality.get("encoder") == "trained":
+        quality.pop("encoder")
+        quality_inputs["encoder"] = "recognizer"
+    stages["quality"] = {"kind": "quality", "inputs": quality_inputs, "settings": quality}
+    stages["card"] = {
+        "kind": "card",
+        "inputs": {"folder": "train_data", "quality": "quality"},
+        "settings": data.pop("card", {}),
+    }
+    aliases = {"generate_train": "train_data", "generate_eval": "eval_data", "train_recognizer": "recognizer"}
+    data["skip"] = [aliases.get(s, s) for s in data.get("skip", [])]
+    data["stages"] = stages
+    return data
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / "stages.json"
-        import json
 
-        self.done: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
-
-    def is_done(self, stage: str, digest: str) -> bool:
-        return self.done.get(stage, {}).get("hash") == digest
-
-    def mark(self, stage: str, digest: str, seconds: float, summary: dict[str, Any]) -> None:
-        self.done[stage] = {"hash": digest, "seconds": round(seconds, 2), **summary}
-        write_json_atomic(self.path, self.done)
+def parse_set_pairs(pairs: list[str] | None) -> dict[str, Any]:
+    """``["stages.id3.settings.max_steps=10"]`` -> ``{"stages.id3.settings.max_steps": 10}`` (YAML values)."""
+    result: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY.PATH=VALUE")
+        result[key.strip()] = yaml.safe_load(value)
+    return result
 
 
-def run_pipeline(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) every stage of ``config``; returns the ledger of finished stages."""
-    from facesynth.pipelines.generate import GenerateConfig, generate_dataset
+def apply_overrides(data: dict[str, Any], dotted: dict[str, Any], source: str = "--set") -> dict[str, Any]:
+    """Set dotted keys (``stages.id3.settings.max_steps``) in a copy of ``data``."""
+    data = copy.deepcopy(data)
+    for key, value in dotted.items():
+        target = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = target.get(part) if isinstance(target, dict) else None
+            if nxt is None:
+                nxt = target[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{source} {key!r}: {part!r} is not a section")
+            target = nxt
+        target[parts[-1]] = value
+    return data
 
-    run_dir = config.run_dir
+
+def apply_profile(data: dict[str, Any], profile: str | None) -> dict[str, Any]:
+    """Apply the run file's named profile (``profiles: {quick: {...}}``)."""
+    if profile is None:
+        return data
+    profiles = data.get("profiles") or {}
+    if profile not in profiles:
+        raise ConfigError(
+            f"field 'profiles': no profile {profile!r} (profiles: {', '.join(profiles) or 'none'})"
+        )
+    return apply_overrides(data, profiles[profile], source=f"profile {profile}:")
+
+
+def load_run_config(
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    settings: list[str] | None = None,
+    recipe: str | None = None,
+    profile: str | None = None,
+) -> RunConfig:
+    """Read a run file (or a named recipe; default the demo), apply a profile, ``--set`` pairs and overrides."""
+    if path is not None and not Path(path).exists() and str(path) in recipe_names():
+        path, recipe = None, str(path)
+    data = builtin_config(recipe or "demo") if path is None else load_config_file(path)
+    source = str(path) if path is not None else f"recipe {recipe or 'demo'}"
+    data = {k: v for k, v in data.items() if not str(k).startswith("x-")}  # YAML anchors for reuse
+    if "stages" not in data and any(k in data for k in LEGACY_SECTIONS):
+        data = legacy_to_graph(data)
+    data = apply_overrides(apply_profile(data, profile), parse_set_pairs(settings))
+    data.update(overrides or {})
+    return RunConfig.from_mapping(data, source=source)
+
+
+def plan(config: RunConfig) -> list[PlannedStage]:
+    """Validate the whole graph (every stage's settings included) without running anything."""
+    from facesynth.pipelines.run_stages import STAGE_KINDS
+
+    return plan_run(Path(config.run_dir), config.stages, STAGE_KINDS)
+
+
+def run_pipeline(
+    config: RunConfig,
+    *,
+    show_progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) every stage of ``config``; returns the ledger (stage name -> record)."""
+    planned = plan(config)  # refuses a bad file before anything is written
+    run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run_config.yaml").write_text(
+        yaml.safe_dump(config.to_json_dict(), sort_keys=False), encoding="utf-8"
+    )
     handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("facesynth").addHandler(handler)
-    ledger = _StageLedger(run_dir)
-    train_dir, eval_dir = run_dir / "train_data", run_dir / "eval_data"
-    pairs_file = run_dir / "eval_pairs.bin"
-    model_dir = run_dir / "recognizer"
-    upstream = ""
+    handler.setLevel(logging.INFO)
+    package_logger = logging.getLogger("facesynth")
+    old_level = package_logger.level
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    package_logger.addHandler(handler)
 
-    def stage(name: str, settings: Any, work: Callable[[], dict[str, Any]]) -> None:
-        nonlocal upstream
-        digest = config_hash({"settings": settings, "upstream": upstream})
-        upstream = digest
-        if name in config.skip:
-            logger.info("stage %s: skipped by config", name)
-            return
-        if ledger.is_done(name, digest):
-            logger.info("stage %s: already done with these settings", name)
-            return
-        logger.info("stage %s: running", name)
-        started = time.perf_counter()
-        summary = work() or {}
-        ledger.mark(name, digest, time.perf_counter() - started, summary)
-        logger.info("stage %s: done in %.1f s %s", name, time.perf_counter() - started, summary)
+    def say(line: str) -> None:
+        logger.info(line)
+        (echo or print)(line)
 
-    def generate(section: DatasetSection, out: Path) -> dict[str, Any]:
-        cfg = GenerateConfig.from_mapping(section.model_dump() | {"out": out}, source=f"{out.name} section")
-        result = generate_dataset(cfg, show_progress=show_progress)
-        return {"rows": result.manifest.num_rows if result.manifest else None}
+    started = time.perf_counter()
+    try:
+        say(f"run {run_dir}: {len(planned)} stages")
+        launch = None
+        if config.processes > 1 or config.launcher:
+            from facesynth.pipelines.run_stage import launch_stage
 
-    stage("generate_train", config.train_data.model_dump(), lambda: generate(config.train_data, train_dir))
-    stage("generate_eval", config.eval_data.model_dump(), lambda: generate(config.eval_data, eval_dir))
+            def launch(stage: PlannedStage, context: Any) -> dict[str, Any]:
+                return launch_stage(
+                    stage.spec.kind,
+                    stage.config,
+                    stage.stage_dir,
+                    config.processes,
+                    config.launcher,
+                    show_progress,
+                    context.resuming,
+                )
 
-    def pairs() -> dict[str, Any]:
-        from facesynth.pipelines.pairs import write_pairs_bin
-
-        write_pairs_bin(eval_dir, pairs_file, config.pairs.num_pairs, config.pairs.seed)
-        return {"file": pairs_file.name}
-
-    stage("pairs", config.pairs.model_dump(), pairs)
-
-    def train() -> dict[str, Any]:
-        from facesynth.recognizers.trainer import RecognizerTrainConfig, train_recognizer
-
-        settings = {"progress": show_progress} | config.train_recognizer
-        if (model_dir / "checkpoints").is_dir():
-            settings.setdefault("resume", "latest")
-        cfg = RecognizerTrainConfig.from_mapping(
-            settings
-            | {"data": [str(train_dir)], "output_dir": str(model_dir), "benchmarks": [str(pairs_file)]},
-            source="train_recognizer section",
+        records = execute(
+            planned, run_dir, say, show_progress=show_progress, skip=tuple(config.skip), launch=launch
         )
-        result = train_recognizer(cfg)
-        return {"steps": result.steps, "images_per_second": round(result.images_per_second, 1)}
+        if report:
+            from facesynth.pipelines.report import write_run_report
 
-    stage("train_recognizer", config.train_recognizer, train)
-
-    def bench() -> dict[str, Any]:
-        from facesynth.recognizers.benchmark_files import load_verification_set
-        from facesynth.recognizers.encoders import load_encoder
-        from facesynth.recognizers.verification import evaluate_benchmark, write_report
-
-        encoder = load_encoder(f"torch:{model_dir}")
-        result = evaluate_benchmark(
-            encoder,
-            load_verification_set(pairs_file, name="eval_pairs"),
-            batch_size=config.bench.get("batch_size", 64),
-        )
-        write_report([result], run_dir / "bench", model=str(model_dir))
-        return {"accuracy": round(float(result["accuracy"]), 4)}
-
-    stage("bench", config.bench, bench)
-
-    def quality() -> dict[str, Any]:
-        from facesynth.pipelines.quality import QualityConfig, run_quality
-
-        settings = dict(config.quality)
-        if settings.get("encoder") == "trained":
-            settings["encoder"] = f"torch:{model_dir}"
-        cfg = QualityConfig.from_mapping(settings | {"dataset": train_dir}, source="quality section")
-        run_quality(cfg, show_progress=show_progress)
-        return {}
-
-    stage("quality", config.quality, quality)
-
-    def card() -> dict[str, Any]:
-        from facesynth.pipelines.cards import write_card
-
-        path = write_card(train_dir, "dataset", **config.card)
-        return {"card": str(path.relative_to(run_dir))}
-
-    stage("card", config.card, card)
-    return ledger.done
-
-
-def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a run config file (or the built-in demo) and apply top-level overrides."""
-    data = builtin_config("demo") if path is None else load_config_file(path)
-    data.update(overrides or {})
-    return RunConfig.from_mapping(data, source=str(path or "built-in demo config"))
+            files = write_run_report(config, planned, records, time.perf_counter() - started)
+            say(files["terminal"])
+            say(f"report: {files['markdown']} ({files['html']})")
+    except Exception:
+        logger.exception("run stopped")
+        raise
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(old_level)
+        handler.close()
+    return records

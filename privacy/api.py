@@ -1,4 +1,7 @@
-"""Client/server API shared by every privacy method, and their registry.
+"""Client/server API shared by every privacy method (protect -> payload -> recognize).
+
+The privacy methods are recognition methods in the one registry
+(:data:`facesynth.recognizers.methods.METHODS`); the helpers here only narrow it to privacy methods.
 
 A :class:`PrivacyMethod` is a :class:`~facesynth.recognizers.methods.RecognitionMethod` (so the one
 recognizer trainer trains it: ``facesynth train-recognizer --privacy NAME``) split into the two halves
@@ -32,34 +35,37 @@ import torch
 from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.privacy.frequency_frontend import FrequencyFrontend
 from facesynth.privacy.payload import PAYLOAD_VERSION, Payload, PayloadHeader
-from facesynth.recognizers.methods import RecognitionMethod, build_method, load_method, register_method
-
-_PRIVACY_METHODS: dict[str, type[PrivacyMethod]] = {}
+from facesynth.recognizers.methods import (
+    METHODS,
+    RecognitionMethod,
+    build_method,
+    get_method_class,
+    load_method,
+    register_method,
+)
 
 
 def register_privacy_method(name: str) -> Callable[[type[PrivacyMethod]], type[PrivacyMethod]]:
-    """Class decorator: register a :class:`PrivacyMethod` with the recognizer registry (``--privacy name``)."""
+    """Class decorator: register a :class:`PrivacyMethod` in the one method registry (``--privacy name``)."""
 
     def decorator(cls: type[PrivacyMethod]) -> type[PrivacyMethod]:
         if not issubclass(cls, PrivacyMethod):
             raise TypeError(f"{cls.__qualname__} must derive from PrivacyMethod")
-        register_method(name)(cls)
-        _PRIVACY_METHODS[name] = cls
-        return cls
+        return register_method(name)(cls)
 
     return decorator
 
 
 def available_privacy_methods() -> list[str]:
-    """Registered privacy method names (those imported so far; ``import facesynth.privacy`` loads all)."""
-    return sorted(_PRIVACY_METHODS)
+    """Names of the registered methods that are privacy methods (imports the built-in providers)."""
+    return sorted(name for name, cls in METHODS.load_builtins().items() if issubclass(cls, PrivacyMethod))
 
 
 def build_privacy_method(
     name: str, backbone: str = "r50", backbone_kwargs: Mapping[str, Any] | None = None, **kwargs: Any
 ) -> PrivacyMethod:
-    """Build a registered privacy method (through the recognizer registry, so options are recorded)."""
-    if name not in _PRIVACY_METHODS:
+    """Build a registered privacy method; refuses a name that is a plain recognition method."""
+    if not issubclass(get_method_class(name), PrivacyMethod):
         raise ConfigError(
             f"unknown privacy method {name!r}; available: {', '.join(available_privacy_methods())}"
         )
@@ -98,6 +104,8 @@ class PrivacyMethod(RecognitionMethod):
 
     #: whether protect() draws fresh randomness per query (benchmarks then average several seeds)
     randomised: bool = False
+    #: whether the client uses per-face landmarks (training, protect and evaluation then pass them)
+    uses_landmarks: bool = False
     #: largest magnitude a genuine payload can hold (DCT coefficients of [-1, 1] images plus any
     #: noise stay far below it); recognize() refuses larger values, NaN and inf
     payload_abs_max: float = 1e5
@@ -213,11 +221,17 @@ class PrivacyMethod(RecognitionMethod):
         return self.server_forward(tensor, extras), self.aux_losses()
 
     @torch.no_grad()
-    def protect(self, images: torch.Tensor, seed: int | torch.Generator | None = None) -> Payload:
+    def protect(
+        self,
+        images: torch.Tensor,
+        seed: int | torch.Generator | None = None,
+        landmarks: torch.Tensor | None = None,
+    ) -> Payload:
         """Client side: images (B, 3, S, S) in [-1, 1] -> the payload that leaves the device.
 
         ``seed`` fixes the per-query randomness (an int or a ``torch.Generator``); ``None`` uses
-        torch's global generator. The seed is not part of the payload.
+        torch's global generator. The seed is not part of the payload. ``landmarks`` (B, 5, 2) are
+        used by methods with :attr:`uses_landmarks` and ignored by the others.
         """
         self.frontend.check_images(images)
         images = images.to(self._device())
@@ -250,11 +264,11 @@ class PrivacyMethod(RecognitionMethod):
         self._eval_generator = None
 
     @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
         """Evaluation through the full protected path, drawing from the ``eval_seed`` stream."""
         gen = getattr(self, "_eval_generator", None)
         device = self._device()
         if gen is None or gen.device.type != device.type:
             gen = _seed_generator(self.eval_seed, device)
             self._eval_generator = gen
-        return self.recognize(self.protect(images, seed=gen))
+        return self.recognize(self.protect(images, seed=gen, landmarks=landmarks))

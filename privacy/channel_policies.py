@@ -1,4 +1,5 @@
-"""Which of the 192 DCT channels each privacy method keeps, and in which order (brief sections 2.3, 6.1).
+"""Which of the 192 DCT channels each privacy method keeps, and in which order (TFace
+``dctdp/utils.py``, ``duetface/train.py``, ``partialface/utils.py``).
 
 Frequencies are named per colour component by ``k = 8 v + u`` (v vertical, u horizontal); a channel of
 the frontend's output is ``64 c + k`` (c = 0 Y, 1 Cb, 2 Cr). Every policy here keeps the same set of

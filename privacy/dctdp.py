@@ -5,7 +5,8 @@ Client: frontend (no gradient) -> drop the three DC channels (189 remain) -> add
 ``eps = softmax(rhos) * epsilon_mean * N`` (N = 189 * 112 * 112), so the budgets always average
 ``epsilon_mean`` (the total budget N * epsilon_mean is fixed; training can only move noise between
 coefficients). Server: an IR backbone with a 189-channel stem. ``rhos`` and ``locs`` (189, 112, 112)
-are learned through the recognition loss (brief section 4.2).
+are learned through the recognition loss (TFace ``recognition/tasks/dctdp``, ``NoisyActivation``;
+Ji et al., ECCV 2022, arXiv 2207.07316).
 
 Privacy statement (say it plainly): the guarantee is epsilon_i-DP *per coefficient* with respect to a
 change bounded by ``sensitivity_i`` in that coefficient. Under sequential composition the image-level

@@ -1,14 +1,14 @@
 """DuetFace (Mi et al., ACM MM 2022): collaborative inference by splitting the frequency channels.
 
-The block-DCT spectrum (192 channels, brief section 2) is split per colour component: the 10 "crucial"
+The block-DCT spectrum (192 channels, :mod:`facesynth.privacy.frequency_frontend`) is split per colour component: the 10 "crucial"
 low frequencies k in {0,1,2,3,4,5,8,9,16,24} (30 channels) stay on the client, where a small
 MobileFaceNet-style network runs on them; the other 54 per component (162 channels) go to the server,
 whose IResNet has a 162-channel stem. After each of the server's four stages an *interactive block*
 modulates the server features with a mask made on the client from its own activations and a facial
-region of interest (brief section 5.2):
+region of interest (TFace ``recognition/tasks/duetface/duetface_model.py``):
 
 1. client activation -> learned 1x1 projection to one channel (TFace re-creates a random 1x1 conv on
-   every forward pass, a bug the brief notes in section 5.7; a learned projection followed by the
+   every forward pass, a bug in its ``duetface_model.py``; a learned projection followed by the
    channel average is the same linear map, so we learn one) -> resize to the server stage's size;
 2. per-sample min-max normalisation (with an epsilon, TFace divides by zero on blank masks);
 3. multiply by the ROI mask (resized bilinearly, ``align_corners=True``), normalise again;
@@ -20,11 +20,15 @@ As the paper's figure (not the code) has it, the client sends the *masks*, not i
 the payload is the 162 server channels plus four masks (56^2, 28^2, 14^2, 7^2 at 112 x 112 input).
 
 ROI: TFace runs PFLD (98 landmarks) and rasterises their convex hull. We use the project's own
-landmarks instead (:mod:`facesynth.privacy.roi_mask`): the aligner's 5 points when given, otherwise the
-ArcFace template, which is where every aligned face's landmarks lie by construction. Documented
-deviation; PFLD weights are not distributed (TFace issue #88).
+5-point landmarks instead (:mod:`facesynth.privacy.roi_mask`), one set per face: the shards' optional
+``landmarks`` column (written by the aligner and the parametric renderer) reaches training (the
+trainer passes it to :meth:`DuetFace.forward`), :meth:`DuetFace.protect` and evaluation
+(:func:`facesynth.privacy.evaluation.evaluate_privacy_method` with a benchmark that carries
+landmarks). Faces without landmarks (older shards, .bin benchmarks) use the ArcFace template, where
+every aligned face's landmarks lie by construction. Documented deviation; PFLD weights are not
+distributed (TFace issue #88).
 
-Training (brief section 5.3) is two runs of the one recognizer trainer:
+Training (TFace ``duetface/train.py`` and ``train.yaml``) is two runs of the one recognizer trainer:
 
 - ``stage="client"``: the client network alone, trained with the trainer's margin head on the 30
   crucial channels (its embeddings are what the trainer sees);
@@ -36,6 +40,7 @@ Each stage gets its own trainer run and step budget; reports state both.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -169,6 +174,10 @@ class DuetFace(PrivacyMethod):
         frontend_mode, key_seed, eval_seed: see :class:`~facesynth.privacy.api.PrivacyMethod`.
     """
 
+    uses_landmarks = True
+    #: a build-time source of weights, not an option: the saved weights already hold that part
+    ignore_for_config = ["client_from"]
+
     def __init__(
         self,
         backbone: str = "r50",
@@ -220,11 +229,6 @@ class DuetFace(PrivacyMethod):
             for module in (self.backbone, self.projections):
                 module.requires_grad_(False)
             self.interaction_weights.requires_grad_(False)
-
-    def method_kwargs(self) -> dict[str, Any]:
-        kwargs = super().method_kwargs()
-        kwargs.pop("client_from", None)  # the saved weights already hold the client
-        return kwargs
 
     def train(self, mode: bool = True) -> DuetFace:
         super().train(mode)
@@ -291,9 +295,14 @@ class DuetFace(PrivacyMethod):
         landmarks: torch.Tensor | None = None,
     ) -> Payload:
         """Client side; ``landmarks`` (B, K, 2) pixel coordinates set the ROI (default: template)."""
+        with self._landmarks_set(landmarks):
+            return super().protect(images, seed)
+
+    @contextlib.contextmanager
+    def _landmarks_set(self, landmarks: torch.Tensor | None):
         self._landmarks = None if landmarks is None else torch.as_tensor(landmarks)
         try:
-            return super().protect(images, seed)
+            yield
         finally:
             self._landmarks = None
 
@@ -314,18 +323,23 @@ class DuetFace(PrivacyMethod):
 
     # -- training ----------------------------------------------------------------------------------
     def forward(
-        self, images: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        landmarks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training path; ``landmarks`` (B, K, 2) per face (the trainer passes the shards' column)."""
         if self.stage == "client":
             self.frontend.check_images(images)
             with torch.no_grad():
                 _, client_x = self.policy.split(self.frontend(images))
             return self.client(client_x)[0], {}
-        return super().forward(images, labels)
+        with self._landmarks_set(landmarks):
+            return super().forward(images, labels)
 
     @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
         """Stage "client": the client's own embedding (what its pre-training optimises)."""
         if self.stage == "client":
             return self.forward(images)[0]
-        return super().embed(images)
+        return super().embed(images, landmarks)

@@ -47,11 +47,62 @@ class PrivacyEncoder(IdentityEncoder):
         self._generator = torch.Generator(device=device)
         self._generator.manual_seed(self.seed)
 
+        self._landmarks: torch.Tensor | None = None
+
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        payload = self.method.protect(images, seed=self._generator)
+        payload = self.method.protect(images, seed=self._generator, landmarks=self._landmarks)
         self.payload_bytes += payload.nbytes
         self.queries += payload.batch_size
         return self.method.recognize(payload)
+
+    def embed_with_landmarks(
+        self, images: torch.Tensor, landmarks: torch.Tensor | None, normalize: bool = True
+    ) -> torch.Tensor:
+        """:meth:`embed` with per-face landmarks (B, 5, 2) for the client (None: the template)."""
+        self._landmarks = landmarks
+        try:
+            return self.embed(images, normalize=normalize)
+        finally:
+            self._landmarks = None
+
+
+def embed_benchmark_with_landmarks(
+    encoder: PrivacyEncoder, benchmark: Any, batch_size: int = 64, flip: bool = True
+) -> np.ndarray:
+    """(2N, D) normalised embeddings as :func:`~facesynth.recognizers.verification.embed_images`
+    computes them, each image protected with its own landmarks (mirrored for the flip TTA copy)."""
+    from facesynth.recognizers.encoders import images_to_tensor
+
+    out = []
+    for start in range(0, len(benchmark), batch_size):
+        stop = min(start + batch_size, len(benchmark))
+        batch = images_to_tensor(benchmark.load_images(range(start, stop)))
+        points = torch.as_tensor(benchmark.landmarks[start:stop], dtype=torch.float32)
+        raw = encoder.embed_with_landmarks(batch, points, normalize=False)
+        if flip:
+            mirrored = points.clone()
+            mirrored[..., 0] = (batch.shape[-1] - 1) - mirrored[..., 0]
+            raw = raw + encoder.embed_with_landmarks(torch.flip(batch, dims=[3]), mirrored, normalize=False)
+        out.append(torch.nn.functional.normalize(raw.float(), dim=1).cpu().numpy())
+    embeddings = np.concatenate(out)
+    if not np.all(np.isfinite(embeddings)):
+        raise FacesynthError(f"{benchmark.name}: the encoder produced non-finite embeddings")
+    return embeddings
+
+
+def _evaluate(encoder: PrivacyEncoder, benchmark: Any, batch_size: int, flip: bool, show_progress: bool):
+    """One benchmark through the protected path; per-face landmarks when the method and set have them."""
+    from facesynth.recognizers.verification import evaluate_benchmark, evaluate_embeddings
+
+    if not (encoder.method.uses_landmarks and getattr(benchmark, "landmarks", None) is not None):
+        return evaluate_benchmark(
+            encoder, benchmark, batch_size=batch_size, flip=flip, show_progress=show_progress
+        )
+    embeddings = embed_benchmark_with_landmarks(encoder, benchmark, batch_size, flip)
+    result = evaluate_embeddings(embeddings, benchmark.issame)
+    result.update(name=benchmark.name, source=benchmark.origin, num_pairs=benchmark.num_pairs, flip=flip)
+    result["landmarks"] = "per face"
+    return result
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -73,8 +124,6 @@ def evaluate_privacy_method(
     "summary": [{"name", "accuracy": {mean, std}, "tar_at_far": {far: {mean, std}}, ...}],
     "payload_bytes_per_query"}``. Randomised methods need at least :data:`MIN_SEEDS` seeds.
     """
-    from facesynth.recognizers.verification import evaluate_benchmark
-
     seeds = [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds) or not seeds:
         raise FacesynthError(f"seeds must be distinct and non-empty, got {seeds}")
@@ -88,10 +137,7 @@ def evaluate_privacy_method(
     bytes_per_query = 0.0
     for seed in seeds:
         encoder = PrivacyEncoder(method, seed)
-        runs[seed] = [
-            evaluate_benchmark(encoder, b, batch_size=batch_size, flip=flip, show_progress=show_progress)
-            for b in benchmarks
-        ]
+        runs[seed] = [_evaluate(encoder, b, batch_size, flip, show_progress) for b in benchmarks]
         bytes_per_query = encoder.payload_bytes / max(encoder.queries, 1)
     summary = []
     for i, first in enumerate(runs[seeds[0]]):

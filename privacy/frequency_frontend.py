@@ -1,4 +1,6 @@
-"""The frequency frontend shared by DCTDP, DuetFace, PartialFace and MinusFace (brief sections 2.1-2.5).
+"""The frequency frontend shared by DCTDP, DuetFace, PartialFace and MinusFace (TFace:
+``recognition/tasks/dctdp/utils.py::images_to_batch``, ``partialface/utils.py::dct_transform`` and
+``idct_transform``).
 
 Definition (TFace numerics): an aligned RGB face ``x`` (B, 3, 112, 112) in [-1, 1] is mapped to [0, 1],
 upsampled x8 with bilinear interpolation and ``align_corners=True`` (112 -> 896 per side), scaled by
@@ -76,7 +78,6 @@ BLOCK = 8
 FREQS = BLOCK * BLOCK  # 64 frequencies per colour component
 NUM_COLOURS = 3
 NUM_CHANNELS = NUM_COLOURS * FREQS  # 192
-COLOUR_NAMES = ("Y", "Cb", "Cr")
 MODES = ("tface", "fast")
 DECODE_METHODS = ("tface", "lstsq")
 

@@ -1,6 +1,6 @@
 """MinusFace (Mi et al., CVPR 2024): trainable feature subtraction, channel shuffle, one image out.
 
-Representations (brief section 7): x = e(X), the 192-channel block DCT of the face; a U-Net generator
+Representations (TFace ``recognition/tasks/minusface/minusface.py``): x = e(X), the 192-channel block DCT of the face; a U-Net generator
 g (:class:`~facesynth.privacy.unet.UNet`, 192 -> 192) regenerates it, x' = g(x); the residue
 r = x - x' keeps identity but little appearance. The client shuffles r's 192 channels with a fresh
 uniform random permutation per image and query and decodes the result with the inverse transform d:
@@ -11,7 +11,7 @@ Training is two runs of the one recognizer trainer (``facesynth train-recognizer
 - ``stage=1``: g and a recognizer f1 with a 192-channel stem train together on r (un-shuffled,
   not decoded); loss = margin loss(f1(r)) + ``l1_weight`` (5) * L1(X, d(x')) + ``sparsity_weight`` (0,
   as in the paper) * KL sparsity of g's latent. The README recommends g at 0.1x the recognizer's
-  learning rate; TFace's branch for it never runs (a 'Minusface' typo, brief section 7.2). Here
+  learning rate; TFace's branch for it never runs (a 'Minusface' typo in its ``minusface.py``). Here
   ``generator_lr_scale`` (0.1) is g's learning-rate multiplier: the shared trainer gives g its own
   parameter group (:meth:`optimizer_groups`), so it holds for SGD and AdamW alike.
 - ``stage=2``: g is loaded from the stage-1 run (``stage1_from``) and frozen (eval mode, no gradient);
@@ -31,11 +31,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from facesynth.core.errors import ConfigError
+from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.core.optim_groups import OptimizerGroup
 from facesynth.privacy.api import PrivacyMethod, register_privacy_method
 from facesynth.privacy.duetface import load_submodule_state
 from facesynth.privacy.frequency_frontend import NUM_CHANNELS
+from facesynth.privacy.payload import Payload
 from facesynth.privacy.unet import UNet, sparsity_kl
 
 STAGES = (1, 2)
@@ -67,6 +68,9 @@ class MinusFace(PrivacyMethod):
     """
 
     randomised = True
+
+    #: a build-time source of weights, not an option: the saved weights already hold that part
+    ignore_for_config = ["stage1_from"]
 
     def __init__(
         self,
@@ -113,11 +117,6 @@ class MinusFace(PrivacyMethod):
             )
         if self.stage == 2:
             self.generator.requires_grad_(False)
-
-    def method_kwargs(self) -> dict[str, Any]:
-        kwargs = super().method_kwargs()
-        kwargs.pop("stage1_from", None)  # the saved weights already hold the generator
-        return kwargs
 
     def train(self, mode: bool = True) -> MinusFace:
         super().train(mode)
@@ -175,3 +174,26 @@ class MinusFace(PrivacyMethod):
     def aux_losses(self) -> dict[str, torch.Tensor]:
         aux, self._last_aux = self._last_aux, {}
         return aux
+
+    @torch.no_grad()
+    def protect(
+        self,
+        images: torch.Tensor,
+        seed: int | torch.Generator | None = None,
+        landmarks: torch.Tensor | None = None,
+    ) -> Payload:
+        """Client side of stage 2; a stage-1 model is refused: its payload would be the raw residue."""
+        if self.stage == 1:
+            raise FacesynthError(
+                "minusface: this is a stage-1 model, which cannot be deployed: its payload would be the "
+                f"un-shuffled {NUM_CHANNELS}-channel residue, not the protective image. Train stage 2 "
+                "(method option stage=2, stage1_from=<this run's folder>) and deploy that model"
+            )
+        return super().protect(images, seed, landmarks)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        """Stage 1: the recognizer on the residue (training progress only, never a deployed path)."""
+        if self.stage == 1:
+            return self.backbone(self.residue(images)[2])
+        return super().embed(images, landmarks)

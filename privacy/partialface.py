@@ -16,7 +16,7 @@ Choices and deviations from TFace (``partialface/``), all options:
   of the same form from ``key_seed`` (TFace's comments say they can be random per model). The tables'
   hash is part of the payload key, so payloads made with other tables are refused.
 - ``label_conditioned=False`` draws the training subset uniformly from all subsets (the "random r
-  subsets per image" variant the brief suggests may be closer to the paper; unverified).
+  subsets per image" variant, which may be closer to the paper; unverified).
 - TFace repeats every training line ``NUM_AUG=3`` times per epoch; we do not tamper with the data
   order: give the trainer three times the epochs/steps for the same budget in data passes.
 - Only the selected 27 channels are gathered per sample (TFace builds all 6 subsets per batch).

@@ -1,7 +1,7 @@
 """Facial region-of-interest (ROI) masks from landmarks, for DuetFace's interactive masking.
 
 TFace's DuetFace runs PFLD (98 WFLW landmarks) on every image, takes the convex hull, and rasterises
-it to a binary 112 x 112 mask (brief section 5.2). PFLD weights are not distributed with TFace
+it to a binary 112 x 112 mask (``recognition/tasks/duetface/duetface_model.py``). PFLD weights are not distributed with TFace
 (issue #88) and were trained on WFLW crops rather than ArcFace-aligned faces, so facesynth uses its
 own landmarks instead: the 5-point landmarks its aligner returns, or those the parametric renderer
 reports for a rendered image, or, for already-aligned data without landmarks, the ArcFace 5-point
@@ -83,7 +83,7 @@ def roi_mask_from_landmarks(
 
     ``landmarks`` is (B, K, 2) or (K, 2) pixel (x, y) coordinates in the ``size`` x ``size`` crop
     (K >= 3). ``None`` means aligned faces without landmarks: the ArcFace template is used for all
-    ``batch_size`` faces.
+    ``batch_size`` faces; so is it for a face whose points are all NaN (unknown in its shard).
     """
     if landmarks is None:
         if batch_size is None:
@@ -96,8 +96,14 @@ def roi_mask_from_landmarks(
         array = array[None]
     if array.ndim != 3 or array.shape[-1] != 2 or array.shape[1] < 3:
         raise FacesynthError(f"landmarks must have shape (B, K>=3, 2) in pixels, got {tuple(array.shape)}")
+    unknown = np.all(np.isnan(array), axis=(1, 2))
+    if unknown.any():
+        array = array.copy()
+        array[unknown] = arcface_template(size)[: array.shape[1]] if array.shape[1] <= 5 else np.nan
     if not np.all(np.isfinite(array)):
-        raise FacesynthError("landmarks contain NaN or infinite coordinates")
+        raise FacesynthError(
+            "landmarks contain NaN or infinite coordinates (a face is either all-NaN or finite)"
+        )
     cache: dict[bytes, np.ndarray] = {}
     masks = np.zeros((array.shape[0], 1, size, size), dtype=np.float32)
     for i, points in enumerate(array):

@@ -1,9 +1,9 @@
 """A small configurable U-Net, shared by MinusFace's regenerator and the recovery attacker's decoder.
 
-MinusFace's generator g (brief section 7.1) is a plain U-Net: per level a block of two
+MinusFace's generator g (TFace ``recognition/tasks/minusface/minusface.py``) is a plain U-Net: per level a block of two
 (3x3 conv + bias + ReLU), 2x2 max-pool between levels, transposed-conv upsampling concatenated
 with the skip, and a final 1x1 conv. The paper's widths are 64/128/256/512/1024 over five levels
-(about 34.6 M parameters at 192 -> 192 channels). The attack decoder (section 9) uses the same family,
+(about 34.6 M parameters at 192 -> 192 channels). The attack decoder (:mod:`facesynth.privacy.attacks`) uses the same family,
 mapping a payload's channels to 3 image channels. One class serves both: widths, in/out channels and
 an optional output activation are configuration.
 
@@ -105,7 +105,7 @@ def sparsity_kl(latent: torch.Tensor, target: float = 0.01, eps: float = 1e-8) -
     """Sparse-autoencoder KL penalty on the batch-mean latent (MinusFace's optional term, off by default).
 
     The batch-mean absolute activation per latent unit is normalised to sum to 1 and compared with a
-    Bernoulli target ``target``, as the brief describes for MinusFace stage 1 (weight 0 in the paper).
+    Bernoulli target ``target``, as TFace's MinusFace stage 1 defines it (weight 0 in the paper).
     """
     rho_hat = latent.abs().mean(dim=0).flatten()
     rho_hat = rho_hat / (rho_hat.sum() + eps)

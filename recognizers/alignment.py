@@ -49,6 +49,15 @@ class AlignedFace:
     score: float
     bbox: np.ndarray | None = None
 
+    @property
+    def crop_landmarks(self) -> np.ndarray | None:
+        """(5, 2) landmarks mapped onto the aligned crop (what shards store), None when not detected."""
+        if self.landmarks is None:
+            return None
+        points = np.asarray(self.landmarks, dtype=np.float64).reshape(5, 2)
+        matrix = similarity_transform(points, template(self.image.shape[0]))
+        return (points @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """2x3 matrix of the least-squares similarity transform mapping ``src`` points onto ``dst``.

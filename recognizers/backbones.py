@@ -29,14 +29,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from facesynth.core.errors import FacesynthError
+from facesynth.core.errors import ConfigError, FacesynthError
+from facesynth.core.registry import Registry
 from facesynth.recognizers.iresnet import OFFICIAL_WIDTHS, IResNet
 
 BACKBONE_WEIGHTS = "backbone.safetensors"
 BACKBONE_CONFIG = "backbone_config.json"
 
 BackboneFactory = Callable[..., nn.Module]
-_REGISTRY: dict[str, BackboneFactory] = {}
+#: Backbone factories by name; the built-ins below register when this module is imported.
+BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 
 #: Blocks per stage of the official IResNets (arcface_torch iresnet18 ... iresnet200).
 IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
@@ -56,33 +58,26 @@ TINY_KWARGS: dict[str, Any] = {
 
 def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
     """Decorator: make a backbone factory buildable by ``name``."""
-
-    def decorator(factory: BackboneFactory) -> BackboneFactory:
-        if name in _REGISTRY and _REGISTRY[name] is not factory:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorator
+    return BACKBONES.register(name)
 
 
 def available_backbones() -> list[str]:
     """Registered backbone names, sorted."""
-    return sorted(_REGISTRY)
+    return BACKBONES.names()
 
 
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered backbone; ``kwargs`` go to its factory (e.g. ``input_size=(64, 64)``).
 
     The returned module carries ``backbone_name`` and ``backbone_kwargs`` so that
-    :func:`save_backbone` can write a config that rebuilds it.
+    :func:`save_backbone` knows its registry name (and, for modules without a diffusers config, the
+    options that rebuild it).
     """
-    if name not in _REGISTRY:
-        raise FacesynthError(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
+    factory = BACKBONES.get(name)
     try:
-        model = _REGISTRY[name](**kwargs)
+        model = factory(**kwargs)
     except TypeError as exc:
-        raise FacesynthError(f"backbone {name!r}: bad options {sorted(kwargs)} ({exc})") from None
+        raise ConfigError(f"backbone {name!r}: bad options {sorted(kwargs)} ({exc})") from None
     model.backbone_name = name
     model.backbone_kwargs = _jsonable(kwargs)
     return model
@@ -90,7 +85,7 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
 
 def _make_iresnet(layers: tuple[int, ...]) -> BackboneFactory:
     def factory(**kwargs: Any) -> IResNet:
-        return IResNet(layers=layers, **kwargs)
+        return IResNet(**{"layers": layers, **kwargs})
 
     return factory
 
@@ -128,16 +123,24 @@ def save_backbone(
 ) -> Path:
     """Write ``backbone.safetensors`` + ``backbone_config.json`` into ``folder``, atomically each.
 
-    ``model`` must come from :func:`build_backbone` (it knows its name and options).
+    The config is the model's own diffusers config (``ConfigMixin``, e.g. :class:`IResNet`: every
+    constructor option) under its registry name; a module without one must come from
+    :func:`build_backbone`, whose recorded options are written instead.
     """
+    from diffusers import ConfigMixin
     from safetensors.torch import save_file
 
     from facesynth.core.atomic_io import commit_temp_file, temp_path_for, write_json_atomic
 
     name = getattr(model, "backbone_name", None)
-    if name is None:
+    if isinstance(model, ConfigMixin):
+        options = json.loads(model.to_json_string())
+        name = name or ("iresnet" if isinstance(model, IResNet) else type(model).__name__)
+    elif name is not None:
+        options = dict(getattr(model, "backbone_kwargs", {}))
+    else:
         raise FacesynthError(
-            "save_backbone needs a model built with build_backbone (it has no backbone_name)"
+            "save_backbone needs a diffusers ConfigMixin model or one built with build_backbone"
         )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -150,7 +153,7 @@ def save_backbone(
     finally:
         if tmp.exists():
             tmp.unlink()
-    config = {"backbone": name, **getattr(model, "backbone_kwargs", {})}
+    config = {"backbone": name, **options}
     for key, value in (metadata or {}).items():
         config[key if key.startswith("_") else f"_{key}"] = _jsonable(value)
     write_json_atomic(folder / BACKBONE_CONFIG, config)
@@ -288,8 +291,8 @@ def load_backbone(
                 name, config = iresnet_config_from_state_dict(state)
             except FacesynthError as exc:
                 raise FacesynthError(f"{weights}: {exc}; pass the backbone name explicitly") from None
-    elif config:
-        config.pop("backbone", None)
+    elif config and config.pop("backbone") != name:
+        config = {}  # another architecture asked for by name: the saved one's options do not apply
     config.update(kwargs)
     model = build_backbone(name, **config)
     load_state_dict_strict(model, state, str(weights))

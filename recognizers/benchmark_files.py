@@ -176,9 +176,16 @@ class VerificationSet:
     #: it in ``fallbacks``, and let the report say how many pairs rest on such crops)
     no_face: str = "error"
     fallbacks: set[int] = field(default_factory=set)
+    #: optional (2N, 5, 2) landmarks of the images on their crops (NaN where unknown), for privacy
+    #: methods whose client uses them (DuetFace's ROI); recognizers ignore them
+    landmarks: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.issame = np.asarray(self.issame, dtype=bool)
+        if self.landmarks is not None and len(self.landmarks) != len(self.sources):
+            raise FacesynthError(
+                f"{self.origin or self.name}: {len(self.landmarks)} landmark sets for {len(self.sources)} images"
+            )
         if len(self.sources) != 2 * len(self.issame):
             raise FacesynthError(
                 f"{self.origin or self.name}: {len(self.sources)} images for {len(self.issame)} pairs "

@@ -89,7 +89,12 @@ class IdentityEncoder(ABC):
         """Raw (unnormalised) embeddings of a checked batch."""
 
     def embed(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, D) float embeddings (L2-normalised by default)."""
+        """(B, 3, H, W) in [-1, 1] -> (B, D) float embeddings (L2-normalised by default).
+
+        Faces larger than the encoder's input (a recognizer trained at a reduced size on 112x112
+        crops) are resized down the way the trainer resizes them; smaller ones are refused.
+        """
+        images = self._fit(images)
         self._check(images)
         raw = self._forward(images)
         return torch.nn.functional.normalize(raw, dim=1) if normalize else raw
@@ -106,6 +111,21 @@ class IdentityEncoder(ABC):
         if not out:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         return np.concatenate(out)
+
+    def _fit(self, images: torch.Tensor) -> torch.Tensor:
+        size = self.input_size
+        if (
+            size is None
+            or not isinstance(images, torch.Tensor)
+            or images.ndim != 4
+            or tuple(images.shape[2:]) == tuple(size)
+            or images.shape[2] < size[0]
+            or images.shape[3] < size[1]
+        ):
+            return images
+        return torch.nn.functional.interpolate(
+            images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True
+        )
 
     def _check(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:

@@ -16,7 +16,7 @@ estimate is mostly the error of the model's depths for that face. Two depth sets
 * ``"human"`` (default): nose tip 0.35 and mouth corners 0.0 inter-ocular distances in front of the
   eye centres (our reading of adult anthropometry: nose tip about 22 mm before the pupils at 63 mm
   inter-pupil distance; mouth corners near the eyes' depth);
-* ``"parametric"``: the mean geometry of :mod:`facesynth.generators.parametric_renderer` (nose 0.52,
+* ``"parametric"``: the mean geometry of :mod:`facesynth.generators.parametric` (nose 0.52,
   mouth 0.08), whose caricatured nose stands further out than a human one.
 
 The camera is near-orthographic (focal length 20 image widths): aligned and in-the-wild face crops show

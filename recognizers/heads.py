@@ -2,8 +2,8 @@
 
 A margin head turns cosine logits (embedding . class centre, both L2-normalised, in [-1, 1]) into
 scaled logits for a softmax cross-entropy: the *target* logit becomes ``cos(m1 * theta + m2) - m3``
-and every logit is multiplied by ``s``. Presets follow arcface_torch (docs/reference/ecosystem_brief.md
-section 1.3): ArcFace ``(1, 0.5, 0)``, CosFace ``(1, 0, 0.4)``, ``s = 64``.
+and every logit is multiplied by ``s``. Presets follow arcface_torch (``recognition/arcface_torch/losses.py``
+and ``configs/``): ArcFace ``(1, 0.5, 0)``, CosFace ``(1, 0, 0.4)``, ``s = 64``.
 
 Rows whose label is ``-1`` (their class lives on another process under Partial FC) get no margin.
 
@@ -18,7 +18,6 @@ preset's default margins (1.0, 0.3, 0.2) are those of insightface's older combin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from facesynth.core.errors import ConfigError
+from facesynth.core.registry import Registry
 
 _EPS = 1e-7
 
@@ -95,31 +95,25 @@ class CombinedMarginLoss(nn.Module):
 
 
 HeadFactory = Callable[..., CombinedMarginLoss]
-_HEADS: dict[str, HeadFactory] = {}
+#: Margin-head factories by name; the presets below register when this module is imported.
+HEADS: Registry[HeadFactory] = Registry("margin head")
 
 
 def register_head(name: str) -> Callable[[HeadFactory], HeadFactory]:
     """Decorator: make a margin-head factory buildable by ``name``."""
-
-    def decorator(factory: HeadFactory) -> HeadFactory:
-        if name in _HEADS and _HEADS[name] is not factory:
-            raise ValueError(f"head {name!r} is already registered")
-        _HEADS[name] = factory
-        return factory
-
-    return decorator
+    return HEADS.register(name)
 
 
 def available_heads() -> list[str]:
-    return sorted(_HEADS)
+    """Registered margin-head names, sorted."""
+    return HEADS.names()
 
 
 def build_head(name: str, **kwargs: Any) -> CombinedMarginLoss:
     """Build a margin head by name, e.g. ``build_head("arcface", s=32)``."""
-    if name not in _HEADS:
-        raise ConfigError(f"unknown margin head {name!r}; available: {', '.join(available_heads())}")
+    factory = HEADS.get(name)
     try:
-        return _HEADS[name](**kwargs)
+        return factory(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"margin head {name!r}: bad options {sorted(kwargs)} ({exc})") from None
 
@@ -148,8 +142,3 @@ def combined(
 def softmax(s: float = 64.0, **kwargs: Any) -> CombinedMarginLoss:
     """Normalised softmax without margin (a baseline): s * cos(theta)."""
     return CombinedMarginLoss(s=s, m1=1.0, m2=0.0, m3=0.0, **kwargs)
-
-
-def margin_for_angle(head: CombinedMarginLoss, angle: float) -> float:
-    """The target logit (before scaling) the head gives at ``angle`` radians; for tests and plots."""
-    return float(head._margin(torch.tensor([math.cos(angle)]))[0])

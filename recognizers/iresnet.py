@@ -1,8 +1,7 @@
 """IResNet, the face-recognition backbone of insightface's arcface_torch, state-dict compatible.
 
-Written from the architecture description (docs/reference/ecosystem_brief.md section 1.2): parameter
-and buffer names and shapes equal those in arcface_torch's ``backbone.pth`` files, so an official
-checkpoint loads with ``load_state_dict(..., strict=True)``.
+Written from arcface_torch's ``recognition/arcface_torch/backbones/iresnet.py``: parameter and buffer
+names and shapes equal those in arcface_torch's ``backbone.pth`` files, so an official checkpoint loads with ``load_state_dict(..., strict=True)``.
 
 Layout: stem (3x3 conv, BN, PReLU) -> four stages whose first block has stride 2 -> BN -> flatten ->
 dropout -> Linear -> BatchNorm1d with its weight fixed at 1 (only the bias learns). The output is the

@@ -1,6 +1,6 @@
 """Partial FC: class centres sharded across processes, with sampled negatives (Partial FC v2 semantics).
 
-Written from docs/reference/ecosystem_brief.md section 1.4. With ``W`` processes, rank ``r`` owns the
+Written from arcface_torch's ``recognition/arcface_torch/partial_fc_v2.py`` (An et al., CVPR 2022). With ``W`` processes, rank ``r`` owns the
 contiguous class slice ``[start, start + num_local)`` with ``num_local = C // W + (r < C % W)`` and
 ``start = (C // W) * r + min(r, C % W)``; its centres are an (num_local, D) parameter, N(0, 0.01).
 

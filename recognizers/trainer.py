@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 from facesynth.core.config import StageConfig
 from facesynth.core.errors import ConfigError, FacesynthError, ShardError
 from facesynth.core.optim_groups import TrainerOptimizer, build_optimizers, set_learning_rates
-from facesynth.core.shard_reader import ShardDataset
+from facesynth.core.shard_reader import ShardDataset, sources_have_column
 from facesynth.core.training_run import Throughput, TrainingRun, exact_batches
 
 logger = logging.getLogger(__name__)
@@ -220,6 +220,36 @@ def augment(
     return images
 
 
+def augment_landmarks(
+    landmarks: torch.Tensor,
+    image_size: tuple[int, int],
+    size: tuple[int, int],
+    flip: bool,
+    generator: torch.Generator | None,
+    shift: int = 0,
+) -> torch.Tensor:
+    """Move (B, K, 2) pixel landmarks as :func:`augment` moved their images.
+
+    ``generator`` must be in the state :func:`augment` started from (a copy taken before it ran):
+    the same draws then give the same flips and shifts. NaN (unknown) landmarks stay NaN.
+    """
+    points = landmarks.detach().float().cpu().clone()
+    if tuple(image_size) != tuple(size):
+        scale = torch.tensor([size[1] / image_size[1], size[0] / image_size[0]])
+        points = (points + 0.5) * scale - 0.5
+    height, width = size
+    if flip:
+        mask = torch.rand(points.shape[0], generator=generator) < 0.5
+        flipped = points.clone()
+        flipped[..., 0] = (width - 1) - flipped[..., 0]
+        points = torch.where(mask[:, None, None], flipped, points)
+    if shift > 0:
+        offsets = torch.randint(0, 2 * shift + 1, (points.shape[0], 2), generator=generator)
+        points[..., 0] -= (offsets[:, 1:2] - shift).float()
+        points[..., 1] -= (offsets[:, 0:1] - shift).float()
+    return points
+
+
 class MethodEncoder:
     """Duck-typed identity encoder over a method, for :mod:`facesynth.recognizers.verification`."""
 
@@ -272,6 +302,8 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
         head = build_head(config.head, s=config.margin_scale, **config.head_kwargs)
         partial_fc = PartialFC(head, method.embedding_size, num_classes, config.sample_rate).to(device)
         set_seed(config.seed + rank)
+        # methods that use per-face landmarks (DuetFace's ROI) get them where every shard stores them
+        use_landmarks = getattr(method, "uses_landmarks", False) and sources_have_column(sources, "landmarks")
 
         dataset = ShardDataset(
             sources,
@@ -281,6 +313,7 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
             seed=config.seed,
             buffer_size=config.buffer_size,
             label_offsets=offsets,
+            columns=["landmarks"] if use_landmarks else None,
         )
         accumulate = config.gradient_accumulation_steps
         steps_per_epoch = dataset.rows_per_rank() // (config.batch_size * accumulate)
@@ -370,6 +403,17 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                 terms: dict[str, float] = {}  # the step's mean over its micro-batches, term by term
                 used = 0
                 for batch in itertools.islice(batches, accumulate):
+                    extra: dict[str, torch.Tensor] = {}
+                    if use_landmarks:  # replay the augmentation's draws on the landmarks
+                        replay = torch.Generator().set_state(flip_rng.get_state())
+                        extra["landmarks"] = augment_landmarks(
+                            batch["landmarks"],
+                            tuple(batch["image"].shape[-2:]),
+                            input_size,
+                            config.flip,
+                            replay,
+                            config.shift,
+                        )
                     images = augment(
                         batch["image"].to(device), input_size, config.flip, flip_rng, config.shift
                     )
@@ -377,7 +421,7 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                     used += 1
                     # gradients sync across processes only on the step's last batch
                     with accelerator.no_sync(method) if used < accumulate else contextlib.nullcontext():
-                        embeddings, aux_losses = method(images, labels)
+                        embeddings, aux_losses = method(images, labels, **extra)
                         margin_loss = partial_fc(embeddings, labels)
                         loss = margin_loss + sum(aux_losses.values()) if aux_losses else margin_loss
                         if not torch.isfinite(loss):

@@ -9,7 +9,8 @@ to the held-out fold; the result is the mean +- std of the ten held-out accuraci
 TAR@FAR comes from ``sklearn.metrics.roc_curve`` on cosine similarity: the highest true-accept rate
 whose false-accept rate is <= the target. With N impostor pairs, FARs below 1/N cannot be resolved;
 such entries are still reported (at zero false accepts) but flagged ``resolvable: false`` and marked
-in the Markdown table, so a number is never silently finer than the data allow.
+in the Markdown table, so a number is never silently finer than the data allow. The metrics
+themselves live in :mod:`facesynth.core.verification_metrics` (one copy for every stage).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from facesynth.core.errors import FacesynthError
+from facesynth.core.verification_metrics import DEFAULT_FARS, kfold_accuracy, tar_at_far
 from facesynth.recognizers.benchmark_files import VerificationSet
 
 if TYPE_CHECKING:
@@ -33,80 +35,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLDS = np.arange(0, 4, 0.01)
-DEFAULT_FARS = (1e-3, 1e-4)
-
 
 def pair_distances(embeddings: np.ndarray) -> np.ndarray:
     """Squared L2 distance between rows 2i and 2i+1 of L2-normalised ``embeddings``."""
     a, b = embeddings[0::2], embeddings[1::2]
     return np.sum(np.square(a - b), axis=1)
-
-
-def _accuracy(distances: np.ndarray, issame: np.ndarray, threshold: float) -> float:
-    predict_same = distances < threshold
-    return float(np.mean(predict_same == issame))
-
-
-def kfold_accuracy(
-    distances: np.ndarray,
-    issame: np.ndarray,
-    n_folds: int = 10,
-    thresholds: np.ndarray = DEFAULT_THRESHOLDS,
-) -> dict[str, Any]:
-    """10-fold verification accuracy: threshold chosen on 9 folds, accuracy measured on the 10th.
-
-    Returns per-fold ``accuracies`` and ``thresholds``, their ``accuracy`` mean and ``accuracy_std``
-    (population std, as numpy's default, like arcface_torch).
-    """
-    from sklearn.model_selection import KFold
-
-    distances = np.asarray(distances, dtype=np.float64)
-    issame = np.asarray(issame, dtype=bool)
-    if distances.shape != issame.shape or distances.ndim != 1:
-        raise FacesynthError(f"distances {distances.shape} and issame {issame.shape} must be equal 1-D")
-    if len(issame) < n_folds:
-        raise FacesynthError(f"{len(issame)} pairs cannot be split into {n_folds} folds")
-    fold_acc, fold_thr = [], []
-    for train, test in KFold(n_splits=n_folds, shuffle=False).split(distances):
-        train_acc = [_accuracy(distances[train], issame[train], t) for t in thresholds]
-        best = float(thresholds[int(np.argmax(train_acc))])
-        fold_thr.append(best)
-        fold_acc.append(_accuracy(distances[test], issame[test], best))
-    return {
-        "accuracy": float(np.mean(fold_acc)),
-        "accuracy_std": float(np.std(fold_acc)),
-        "accuracies": fold_acc,
-        "thresholds": fold_thr,
-    }
-
-
-def tar_at_far(
-    similarities: np.ndarray, issame: np.ndarray, fars: Sequence[float] = DEFAULT_FARS
-) -> dict[str, Any]:
-    """ROC (sklearn) on similarity scores; TAR at each FAR plus AUC and the curve itself."""
-    from sklearn.metrics import auc, roc_curve
-
-    issame = np.asarray(issame, dtype=bool)
-    num_pos, num_neg = int(issame.sum()), int((~issame).sum())
-    if num_pos == 0 or num_neg == 0:
-        raise FacesynthError(f"ROC needs genuine and impostor pairs (got {num_pos} and {num_neg})")
-    fpr, tpr, _ = roc_curve(issame, similarities)
-    entries = {}
-    for far in fars:
-        ok = fpr <= far + 1e-12
-        entries[f"{far:g}"] = {
-            "tar": float(tpr[ok].max()) if ok.any() else 0.0,
-            "resolvable": bool(far * num_neg >= 1.0),
-        }
-    return {
-        "tar_at_far": entries,
-        "auc": float(auc(fpr, tpr)),
-        "num_genuine": num_pos,
-        "num_impostor": num_neg,
-        "fpr": fpr,
-        "tpr": tpr,
-    }
 
 
 def embed_images(

@@ -23,6 +23,15 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _registries_restored():
+    """Whatever a test registers (a generator, backbone, head or method) is forgotten after it."""
+    from facesynth.core.registry import all_registries_restored
+
+    with all_registries_restored():
+        yield
+
+
 @pytest.fixture(scope="session")
 def orl_root() -> Path:
     """``../shared/datasets/orl_att_faces/orl_faces`` (40 x 10 grey PGM faces); skips when absent."""

@@ -10,6 +10,7 @@ from torch import nn
 
 from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 from facesynth.recognizers.encoders import TorchEncoder
+from facesynth.tests.shard_fixtures import add_manifest
 
 EMBEDDING_DIM = 16
 
@@ -70,6 +71,7 @@ def write_tiny_dataset(
             )
         )
     write_shard(root / shard_name(0, 1), rows_to_table(rows, EMBEDDING_DIM))
+    add_manifest(root, embedding_dim=EMBEDDING_DIM)
     return root
 
 

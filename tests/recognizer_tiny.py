@@ -6,6 +6,7 @@ from pathlib import Path
 
 from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 from facesynth.recognizers.trainer import RecognizerTrainConfig
+from facesynth.tests.shard_fixtures import add_manifest
 
 
 def make_shards(folder: Path, num_ids: int, per_id: int, seed: int = 0) -> Path:
@@ -24,6 +25,7 @@ def make_shards(folder: Path, num_ids: int, per_id: int, seed: int = 0) -> Path:
     half = len(rows) // 2
     write_shard(folder / shard_name(0, 2), rows_to_table(rows[:half], None), row_group_size=16)
     write_shard(folder / shard_name(1, 2), rows_to_table(rows[half:], None), row_group_size=16)
+    add_manifest(folder)
     return folder
 
 

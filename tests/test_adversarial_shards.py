@@ -55,12 +55,19 @@ def test_folder_still_being_generated_is_refused(tmp_path):
         read_columns(folder, ["label"])
 
 
-def test_plain_parquet_folder_needs_the_flag_when_asked(tmp_path):
+def test_plain_parquet_folder_is_refused_unless_allowed(tmp_path, caplog):
+    """Issue 13.3: no manifest -> refused with verify's message; allow_plain reads it, with a warning."""
     folder = tmp_path / "plain"
     write_shard(folder / shard_name(0, 1), rows_to_table(face_rows([0, 1]), None))
-    assert read_columns(folder, ["label"]).num_rows == 2
-    with pytest.raises(ShardError, match="allow_plain_parquet"):
-        read_columns(folder, ["label"], allow_plain=False)
+    for read in (lambda: read_columns(folder, ["label"]), lambda: ShardDataset(folder)):
+        with pytest.raises(
+            ShardError, match=r"manifest is missing .*facesynth verify .*--allow-plain-parquet"
+        ):
+            read()
+    with caplog.at_level("WARNING"):
+        assert read_columns(folder, ["label"], allow_plain=True).num_rows == 2
+    assert "reading 1 Parquet file(s) unchecked" in caplog.text
+    assert len(ShardDataset(folder, allow_plain=True)) == 2
 
 
 def test_labels_beyond_the_identity_count_are_refused(tmp_path):

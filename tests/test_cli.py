@@ -56,6 +56,10 @@ CONFIG_COMMANDS = {
     "ingest": {"source": "src", "out": "ds"},
     "attack": {"target": "rgb", "public": ["p"], "output_dir": "out"},
     "bench": {"model": "torch:run", "out": "bench"},
+    "card": {"folder": "ds"},
+    "pairs": {"dataset": "ds", "out": "pairs.bin"},
+    "publish": {"folder": "ds", "repo_id": "me/ds"},
+    "verify": {"dataset": "ds"},
 }
 
 
@@ -223,3 +227,35 @@ def test_third_party_noise_is_quiet_unless_verbose(caplog):
     assert "float32: []" not in caplog.text and "['norm']" in caplog.text
     assert logging.getLogger("accelerate").getEffectiveLevel() == logging.WARNING
     assert not logging.getLogger("torch.onnx._internal.exporter._registration").isEnabledFor(logging.WARNING)
+
+
+def test_card_flags_repeat_keep_old_spellings_and_refuse_other_kinds_options(caplog):
+    from facesynth.pipelines.cards import CardOptions, card_options, write_card
+
+    argv = ["ds", "--tag", "a", "--tag", "b", "--source-dataset", "x", "--recipe", "r.yaml"]
+    with caplog.at_level(logging.WARNING):
+        config = config_from_args(_spec("card"), _parse("card", [*argv, "--training-data", "t1", "t2"]))
+    assert (config.tags, config.source_datasets, config.recipe_file) == (["a", "b"], ["x"], Path("r.yaml"))
+    assert config.training_data == ["t1", "t2"] and config.folder == Path("ds")
+    assert "--tag is deprecated; use --tags" in caplog.text
+    with pytest.raises(ConfigError, match="--model-name, --recipe-file: not used by a dataset card"):
+        card_options("dataset", CardOptions(model_name="m", recipe_file="r.yaml", tags=["a"]))
+    assert card_options("model", CardOptions(model_name="m"))["model_name"] == "m"
+    with pytest.raises(ConfigError, match="'licence': unknown field"):
+        write_card("anywhere", "dataset", licence="mit")  # checked before the folder is read
+
+
+def test_publish_and_verify_take_generated_flags():
+    config = config_from_args(
+        _spec("publish"), _parse("publish", ["ds", "--repo-id", "me/ds", "--private", "--dry-run"])
+    )
+    assert (config.folder, config.repo_id, config.private, config.dry_run) == (
+        Path("ds"),
+        "me/ds",
+        True,
+        True,
+    )
+    with pytest.raises(ConfigError, match="--repo-id: required"):
+        config_from_args(_spec("publish"), _parse("publish", ["ds"]))
+    with pytest.raises(ConfigError, match="--image-stride: bad value 0"):
+        config_from_args(_spec("verify"), _parse("verify", ["ds", "--image-stride", "0"]))

@@ -18,6 +18,7 @@ from facesynth.data_cards.dataset_card import (
     write_dataset_card,
 )
 from facesynth.data_cards.quality_metrics import QualitySettings, compute_quality
+from facesynth.tests.shard_fixtures import add_manifest
 
 
 def write_two_shards(folder, per_shard: int = 6, dim: int = 4) -> None:
@@ -35,6 +36,7 @@ def write_two_shards(folder, per_shard: int = 6, dim: int = 4) -> None:
             for i in range(per_shard)
         ]
         write_shard(folder / shard_name(shard, 2), rows_to_table(rows, dim))
+    add_manifest(folder, embedding_dim=dim)
 
 
 def facts(**overrides) -> DatasetCardFacts:

@@ -10,6 +10,7 @@ from facesynth.core.errors import FacesynthError
 from facesynth.privacy.api import build_privacy_method, load_privacy_method
 from facesynth.privacy.duetface import MASK_NAMES
 from facesynth.recognizers.methods import save_method
+from facesynth.tests.shard_fixtures import add_manifest
 
 CLIENT = (4, 4, 8, 8, 16)
 
@@ -132,6 +133,7 @@ def test_train_recognizer_runs_both_stages(tmp_path):
     ]
     data = tmp_path / "data"
     write_shard(data / shard_name(0, 1), rows_to_table(rows, None))
+    add_manifest(data)
     common = {
         "data": [str(data)],
         "backbone": "tiny",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facesynth.core.errors import FacesynthError
-from facesynth.generators.parametric_renderer import ParametricRenderer, face_landmarks
+from facesynth.generators.parametric.renderer import ParametricRenderer, face_landmarks
 from facesynth.generators.registry import SampleRequest
 from facesynth.recognizers.alignment import ARCFACE_TEMPLATE
 from facesynth.recognizers.face_attributes import FaceAttributeEstimator

@@ -11,6 +11,7 @@ from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.core.shard_format import ShardRow, decode_image, rows_to_table, shard_name, write_shard
 from facesynth.generators.identity_sampling import make_anchors
 from facesynth.generators.registry import SampleRequest, build_generator, sample_seed
+from facesynth.tests.shard_fixtures import add_manifest
 
 DIM = 16
 REFERENCE_ATTRIBUTES = [
@@ -59,6 +60,7 @@ def assets(tmp_path_factory):
             )
         )
     write_shard(root / "reference" / shard_name(0, 1), rows_to_table(rows, DIM))
+    add_manifest(root / "reference", embedding_dim=DIM)
     return {
         "pipeline": str(root / "pipeline"),
         "encoder": f"torch:{root / 'encoder'}",

@@ -24,6 +24,7 @@ from facesynth.tests.id3_tiny import (
     unit_embeddings,
     write_tiny_dataset,
 )
+from facesynth.tests.shard_fixtures import add_manifest
 
 
 @pytest.fixture(autouse=True)
@@ -111,6 +112,7 @@ def test_checkpoints_of_the_earlier_layout_still_resume(tmp_path):
 def test_training_data_and_encoder_errors(tmp_path):
     rows = [ShardRow(image=face_image(0, i), label=0, identity="id0", index=i) for i in range(4)]
     write_shard(tmp_path / "plain" / shard_name(0, 1), rows_to_table(rows, None))
+    add_manifest(tmp_path / "plain")
     with pytest.raises(ShardError, match="needs an 'embedding' column"):
         train_id3(tiny_train_config(tmp_path / "plain", tmp_path / "out"))
     data = write_tiny_dataset(tmp_path / "data", tiny_encoder(), identities=2, per_identity=2)
@@ -123,6 +125,7 @@ def test_training_data_and_encoder_errors(tmp_path):
 def test_cli_reports_bad_data_with_exit_2(tmp_path, capsys):
     rows = [ShardRow(image=face_image(0, i), label=0, identity="id0", index=i) for i in range(2)]
     write_shard(tmp_path / "plain" / shard_name(0, 1), rows_to_table(rows, None))
+    add_manifest(tmp_path / "plain")
     code = main(
         [
             "train-generator",

@@ -19,6 +19,7 @@ from facesynth.generators.identity_sampling import (
     make_anchors,
 )
 from facesynth.generators.registry import SampleRequest, sample_seed
+from facesynth.tests.shard_fixtures import add_manifest
 
 
 def _unit(rng, n, d):
@@ -138,6 +139,7 @@ def _write_reference(folder, rows_attrs, dim=8, seed=0):
         for i, attrs in enumerate(rows_attrs)
     ]
     write_shard(folder / shard_name(0, 1), rows_to_table(rows, dim))
+    add_manifest(folder, embedding_dim=dim)
 
 
 def test_empirical_attributes_from_shards(tmp_path):

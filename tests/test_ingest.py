@@ -18,6 +18,7 @@ from facesynth.pipelines.cli import main
 from facesynth.pipelines.ingest import REPORT_NAME, IngestConfig, ingest
 from facesynth.recognizers.backbones import build_backbone, save_backbone
 from facesynth.recognizers.encoders import load_encoder
+from facesynth.tests.shard_fixtures import add_manifest
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +207,7 @@ def test_ingest_from_shards_keeps_attributes(tmp_path):
         for i in range(4)
     ]
     write_shard(tmp_path / "src" / shard_name(0, 1), rows_to_table(rows, None))
+    add_manifest(tmp_path / "src")
     ingest(IngestConfig(source=tmp_path / "src", out=tmp_path / "out"), show_progress=False)
     assert [r["attributes"] for r in _all_rows(tmp_path / "out")] == pose
 

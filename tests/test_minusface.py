@@ -84,3 +84,12 @@ def test_payload_from_another_stage_or_seed_is_refused_and_options_validated():
         _method(n_dup=0)
     with pytest.raises(FacesynthError, match="stage1_from"):
         _method(stage=2, stage1_from="/nonexistent")
+
+
+def test_stage1_model_cannot_be_deployed_but_can_be_monitored():
+    images = _faces(2)
+    stage1 = _method(stage=1).eval()
+    with pytest.raises(FacesynthError, match="stage-1 model, which cannot be deployed.*stage=2"):
+        stage1.protect(images, seed=0)
+    # the trainer's evaluation still sees the recognizer on the (un-shuffled) residue
+    assert stage1.embed(images).shape == (2, stage1.embedding_size)

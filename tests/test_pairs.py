@@ -95,15 +95,20 @@ def test_imbalanced_identities_terminate(tmp_path):
         verification_set_from_shards(tmp_path / "d", num_pairs=122)
 
 
-def test_out_folder_and_unmanifested_dataset_are_clear_errors(tmp_path):
+def test_out_folder_and_unmanifested_dataset_are_clear_errors(tmp_path, capsys):
     data = _dataset(tmp_path / "d", 4, 3)
     (tmp_path / "runs").mkdir()
     with pytest.raises(FacesynthError, match="is a folder; give a file name"):
         write_pairs_bin(data, tmp_path / "runs", num_pairs=10)
     (data / "facesynth.json").unlink()
-    with pytest.raises(ShardError, match="no facesynth.json"):
+    with pytest.raises(ShardError, match="manifest is missing .*facesynth verify"):
         write_pairs_bin(data, tmp_path / "p.bin", num_pairs=10)
     assert write_pairs_bin(data, tmp_path / "p.bin", num_pairs=10, allow_plain_parquet=True).is_file()
+    # the command line: refused with exit 2 unless --allow-plain-parquet (issue 13.3)
+    argv = ["pairs", str(data), "--out", str(tmp_path / "c.bin"), "--num-pairs", "10"]
+    assert main(argv) == 2 and "--allow-plain-parquet" in capsys.readouterr().err
+    assert not (tmp_path / "c.bin").exists()
+    assert main([*argv, "--allow-plain-parquet"]) == 0 and (tmp_path / "c.bin").is_file()
 
 
 def test_failed_write_keeps_the_previous_bin(tmp_path, monkeypatch):

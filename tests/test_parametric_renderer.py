@@ -13,13 +13,9 @@ import pytest
 
 from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.core.shard_format import ShardRow, check_schema, rows_to_table
-from facesynth.generators.parametric_renderer import (
-    ARCFACE_TEMPLATE_112,
-    ATTRIBUTE_RANGES,
-    ParametricRenderer,
-    best_threshold_accuracy,
-    raw_pixel_verification,
-)
+from facesynth.generators.parametric.difficulty import raw_pixel_verification
+from facesynth.generators.parametric.parameters import ARCFACE_TEMPLATE_112, POSE_AGE_LIMITS
+from facesynth.generators.parametric.renderer import ParametricRenderer
 from facesynth.generators.registry import SampleRequest, build_generator, sample_seed
 
 SEED = 7
@@ -71,7 +67,7 @@ def test_same_request_same_pixels_in_another_process(renderer):
     digest = hashlib.sha256(renderer.generate([request])[0].image.tobytes()).hexdigest()
     code = (
         "import hashlib;"
-        "from facesynth.generators.parametric_renderer import ParametricRenderer;"
+        "from facesynth.generators.parametric.renderer import ParametricRenderer;"
         "from facesynth.generators.registry import SampleRequest;"
         f"g = ParametricRenderer(num_identities=1000, seed={SEED});"
         f"img = g.generate([SampleRequest(4, 2, {request.seed})])[0].image;"
@@ -107,10 +103,10 @@ def test_different_identities_and_different_seeds_give_different_images():
 
 def test_attributes_present_in_range_and_varied(renderer):
     faces = renderer.generate(_requests(range(20), 4))
-    values = {name: [] for name in ATTRIBUTE_RANGES}
+    values = {name: [] for name in POSE_AGE_LIMITS}
     for face in faces:
-        assert set(face.attributes) == set(ATTRIBUTE_RANGES)
-        for name, (lo, hi) in ATTRIBUTE_RANGES.items():
+        assert set(face.attributes) == set(POSE_AGE_LIMITS)
+        for name, (lo, hi) in POSE_AGE_LIMITS.items():
             value = face.attributes[name]
             assert isinstance(value, float) and lo <= value <= hi, (name, value)
             values[name].append(value)
@@ -216,13 +212,6 @@ def test_output_fits_the_shard_schema(renderer):
     assert table.column("attributes").to_pylist()[0]["yaw"] == pytest.approx(
         rows[0].attributes["yaw"], abs=1e-4
     )
-
-
-def test_best_threshold_accuracy():
-    assert best_threshold_accuracy(np.array([0.9, 0.8, 0.3, 0.1]), np.array([1, 1, 0, 0])) == 1.0
-    assert best_threshold_accuracy(np.array([0.9, 0.8, 0.3, 0.1]), np.array([0, 0, 1, 1])) == 0.5
-    assert best_threshold_accuracy(np.array([0.5, 0.5, 0.5, 0.5]), np.array([1, 0, 1, 0])) == 0.5
-    assert best_threshold_accuracy(np.array([0.9, 0.7, 0.8, 0.1]), np.array([1, 1, 0, 0])) == 0.75
 
 
 def test_raw_pixels_verify_poorly_but_above_chance():

@@ -34,7 +34,7 @@ def test_tface_subsets_partition_the_54_kept_channels() -> None:
     positions = [p for subset in TFACE_SUBSETS for p in subset]
     assert sorted(positions) == list(range(54))
     kept = complement(PARTIALFACE_PRUNED)
-    # the brief's table of DCT frequencies for subset 0
+    # TFace's table of DCT frequencies for subset 0 (recognition/tasks/partialface/utils.py)
     assert [kept[p] for p in TFACE_SUBSETS[0]] == [5, 34, 38, 21, 42, 55, 57, 50, 62]
     policy = PartialFacePolicy()
     channels = policy.index_table[:, 0].flatten().tolist()  # identity permutation, every subset

@@ -19,6 +19,7 @@ from facesynth.privacy.api import (
 )
 from facesynth.privacy.payload import Payload, PayloadHeader
 from facesynth.recognizers.methods import available_methods, save_method
+from facesynth.tests.shard_fixtures import add_manifest
 
 SMALL = {"input_size": [16, 16]}
 METHODS = ("dctdp", "partialface")
@@ -31,8 +32,11 @@ def _images(n: int, seed: int = 0, size: int = 16) -> torch.Tensor:
 def test_methods_are_registered_with_the_recognizer_registry() -> None:
     for name in METHODS:
         assert name in available_methods() and name in available_privacy_methods()
-    with pytest.raises(FacesynthError, match="unknown privacy method"):
+    assert "plain" in available_methods() and "plain" not in available_privacy_methods()
+    with pytest.raises(FacesynthError, match="unknown recognition method 'nope'; available: dctdp"):
         build_privacy_method("nope", "tiny")
+    with pytest.raises(FacesynthError, match="unknown privacy method 'plain'"):
+        build_privacy_method("plain", "tiny")
     with pytest.raises(FacesynthError, match="conflicts"):
         build_privacy_method("dctdp", "tiny", {"in_channels": 3})
 
@@ -108,6 +112,7 @@ def _shards(folder: Path, num_ids: int = 4, per_id: int = 4) -> Path:
             noisy = np.clip(base + rng.integers(-20, 21, size=base.shape), 0, 255).astype(np.uint8)
             rows.append(ShardRow(image=noisy, label=label, identity=f"id{label}", index=i))
     write_shard(folder / shard_name(0, 1), rows_to_table(rows, None), row_group_size=8)
+    add_manifest(folder)
     return folder
 
 

@@ -19,29 +19,41 @@ def _restore_threads():
 
 def test_table_runs_end_to_end_on_parametric_faces(tmp_path) -> None:
     out = tmp_path / "table"
-    args = ["--data", "parametric", "--identities", "8", "--per-identity", "4", "--steps", "2"]
-    args += ["--decoder-steps", "2", "--batch-size", "8", "--rows", "rgb", "partialface"]
+    args = ["--data", "parametric", "--identities", "8", "--per-identity", "4", "--steps", "4"]
+    args += ["--decoder-steps", "2", "--decoder-widths", "8", "16", "--batch-size", "8"]
+    args += ["--rows", "rgb", "minusface", "--multi-query-ks", "1", "2"]
     args += ["--max-pairs", "20", "--threads", "1", "--out", str(out)]
     assert privacy_table.main(args) == 0
 
     report = json.loads((out / "privacy_table.json").read_text(encoding="utf-8"))
     meta, rows = report["meta"], report["rows"]
-    assert set(rows) == {"rgb", "partialface"}
+    assert set(rows) == {"rgb", "minusface"}
+    # the same total training steps for every row; two-stage rows split them
+    assert rows["rgb"]["stage_steps"] == [4]
+    assert rows["minusface"]["stage_steps"] == [2, 2]
     assert (meta["train_identities"], meta["victim_identities"]) == (4, 2)
-    # RGB: one deterministic run; PartialFace: one run per query seed through protect -> recognize
+    # RGB: one deterministic run; MinusFace: one run per query seed through protect -> recognize
     assert rows["rgb"]["verification"]["seeds"] == []
-    assert rows["partialface"]["verification"]["seeds"] == [0, 1, 2]
-    assert rows["rgb"]["verification"]["num_pairs"] == rows["partialface"]["verification"]["num_pairs"]
+    assert rows["minusface"]["verification"]["seeds"] == [0, 1, 2]
+    assert rows["rgb"]["verification"]["num_pairs"] == rows["minusface"]["verification"]["num_pairs"]
     assert rows["rgb"]["payload_bytes"] == 3 * 112 * 112  # uint8 image
-    assert rows["partialface"]["payload_bytes"] >= 27 * 112 * 112 * 4  # 27 float32 channels
+    assert rows["minusface"]["payload_bytes"] == 3 * 112 * 112 * 4  # one float32 image
+    # sizes in one dtype: RGB and MinusFace send the same number of values (one image)
+    assert rows["rgb"]["payload"]["values"] == rows["minusface"]["payload"]["values"] == 3 * 112 * 112
+    assert rows["rgb"]["payload"]["float32_bytes"] == rows["minusface"]["payload"]["float32_bytes"]
+    # multi-query attacks for the randomised rows, one entry per k
+    assert "multi_query" not in rows["rgb"]
+    assert set(rows["minusface"]["multi_query"]) == {"1", "2"}
     for row in rows.values():
         attack = row["attack"]
         assert {"decoder", "ridge", "no_information"} <= set(attack)
         assert 0.0 <= attack["decoder"]["attack_success"] <= 1.0
     assert rows["rgb"]["attack"]["ridge"]["psnr"] > 60  # the identity payload is inverted exactly
+    assert rows["minusface"]["payload"]["sent_bytes"] == rows["minusface"]["payload_bytes"]
 
     table = (out / "privacy_table.md").read_text(encoding="utf-8")
-    assert "| rgb | 1 |" in table and "| partialface | 1 |" in table and "(baseline)" in table
+    assert "| rgb | 1 (4) |" in table and "| minusface | 2 (2+2) |" in table and "(baseline)" in table
+    assert "| no-information floor |" in table and "| k = 1 | k = 2 |" in table
 
 
 def _row(leakage: float, success: float) -> dict:
@@ -59,7 +71,7 @@ def test_a_method_that_leaks_as_much_as_rgb_is_reported_not_hidden(leakage, succ
     meta = {
         "data": "orl",
         "backbone": "tiny",
-        "steps_per_stage": 1,
+        "steps_per_row": 1,
         "batch_size": 1,
         "lr": 0.1,
         "decoder_steps": 1,

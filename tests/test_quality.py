@@ -14,6 +14,7 @@ from facesynth.generators.registry import FaceGenerator, GeneratedFace, register
 from facesynth.pipelines.cli import main
 from facesynth.pipelines.generate import GenerateConfig, generate_dataset
 from facesynth.pipelines.quality import QualityConfig, run_quality
+from facesynth.tests.shard_fixtures import add_manifest
 
 DIM = 128  # the tiny IResNet's embedding width, so conditions and encoder embeddings are comparable
 
@@ -84,6 +85,7 @@ def reference(tmp_path_factory):
                 )
             )
     write_shard(out / shard_name(0, 1), rows_to_table(rows, DIM))
+    add_manifest(out, embedding_dim=DIM)
     return out
 
 
@@ -143,6 +145,7 @@ def test_mismatched_reference_and_missing_embeddings_are_refused(dataset, tmp_pa
         )
     ]
     write_shard(other / shard_name(0, 1), rows_to_table(rows, 8))
+    add_manifest(other, embedding_dim=8)
     with pytest.raises(FacesynthError, match="8-d but the dataset's are 128-d"):
         run_quality(QualityConfig(dataset=dataset, reference=other, out=tmp_path / "o"), show_progress=False)
     bare = tmp_path / "bare"
@@ -152,6 +155,7 @@ def test_mismatched_reference_and_missing_embeddings_are_refused(dataset, tmp_pa
             [ShardRow(image=np.zeros((112, 112, 3), np.uint8), label=0, identity="a", index=0)], None
         ),
     )
+    add_manifest(bare)
     with pytest.raises(FacesynthError, match="no embedding column; pass --encoder"):
         run_quality(QualityConfig(dataset=bare), show_progress=False)
 

@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+from facesynth.pipelines.run import builtin_config
 from facesynth.recognizers.backbones import load_backbone
 from facesynth.recognizers.trainer import RecognizerTrainConfig, train_recognizer
 from facesynth.recognizers.verification import kfold_accuracy
+from facesynth.tests.shard_fixtures import add_manifest
 
 # A recipe for ~300 training images: scale s = 16 instead of arcface_torch's 64 (30 classes, not 100k) and
 # random shifts of up to 3 px. Measured on ORL s1-s30 -> s31-s40 while tuning (one run each, shared CPU):
@@ -32,18 +34,11 @@ from facesynth.recognizers.verification import kfold_accuracy
 # batch 16 + wd 5e-3 0.884 / 0.882 / 0.882; zoom +-20 % rot 15 deg 40 epochs 0.884 / 0.872 / 0.844;
 # CosFace m 0.35 s 32 with AdamW 30 epochs 0.873 / 0.876 / 0.878; input 48, widths x2, 2 blocks per
 # stage or a 64-d embedding 0.857-0.897 (one or two seeds each). Seed spread (~0.03) exceeds every gain.
-SMALL_DATA_RECIPE = dict(
-    backbone="tiny",
-    input_size=32,
-    batch_size=32,
-    margin_scale=16.0,
-    shift=3,
-    epochs=20,
-    num_workers=0,
-    checkpoint_every=0,
-    progress=False,
-    tensorboard=False,
-)
+# The recipe ships as the `orl` run recipe (pipelines/configs/orl.yaml); the test trains with its settings.
+SMALL_DATA_RECIPE = builtin_config("orl")["stages"]["recognizer"]["settings"] | {
+    "progress": False,
+    "tensorboard": False,
+}
 INPUT = SMALL_DATA_RECIPE["input_size"]
 # What closes the gap is the project's own idea: synthetic identities mixed into training. ORL s1-s30 plus
 # SYNTHETIC_IDS x SYNTHETIC_PER_ID grey parametric-renderer faces (a second shard folder, its own
@@ -129,6 +124,7 @@ def write_dataset(folder: Path, images: dict, train_ids: list[int], grey: bool =
         for i in sorted(i for t, i in images if t == s)
     ]
     write_shard(folder / shard_name(0, 1), rows_to_table(rows, None))
+    add_manifest(folder)
     return folder
 
 

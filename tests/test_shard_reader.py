@@ -9,6 +9,7 @@ import torch
 from facesynth.core.errors import ShardError
 from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
 from facesynth.core.shard_reader import ShardDataset, read_columns
+from facesynth.tests.shard_fixtures import add_manifest
 
 
 @pytest.fixture
@@ -26,6 +27,7 @@ def dataset(tmp_path):
             for i in range(20)
         ]
         write_shard(tmp_path / shard_name(s, 3), rows_to_table(rows, 4), row_group_size=7)
+    add_manifest(tmp_path, embedding_dim=4)
     return tmp_path
 
 
@@ -95,6 +97,7 @@ def test_undecodable_image_is_skipped_and_logged_or_raised(tmp_path, caplog):
 
     table = table.set_column(0, "image", pa.array(images, type=table.schema.field("image").type))
     write_shard(tmp_path / shard_name(0, 1), table)
+    add_manifest(tmp_path)
     with caplog.at_level("WARNING"):
         labels = sorted(int(item["label"]) for item in ShardDataset(tmp_path, shuffle=False))
     assert labels == [0, 1, 3]

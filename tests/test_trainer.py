@@ -20,6 +20,7 @@ from facesynth.recognizers.methods import RecognitionMethod, load_method, regist
 from facesynth.recognizers.trainer import RecognizerTrainConfig, lr_at, resolve_sources, train_recognizer
 from facesynth.tests.cli_processes import run_cli
 from facesynth.tests.recognizer_tiny import make_shards, small_config
+from facesynth.tests.shard_fixtures import add_manifest
 
 
 @pytest.fixture(autouse=True)
@@ -244,6 +245,7 @@ def test_cli_trains_and_reports_bad_input(faces, tmp_path, capsys):
 def test_bad_input_errors(faces, tmp_path):
     empty = tmp_path / "empty"
     write_shard(empty / shard_name(0, 1), pa.Table.from_pylist([], schema=arrow_schema(None)))
+    add_manifest(empty)
     with pytest.raises(ShardError, match="no rows"):
         train_recognizer(small_config([empty], tmp_path / "r1"))
     with pytest.raises(ConfigError, match="batch_size"):

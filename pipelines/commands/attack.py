@@ -52,6 +52,8 @@ def cli_spec() -> CliSpec:
             "decoder_steps": "training steps of the U-Net recovery decoder",
             "decoder_widths": "channel widths of the decoder's levels",
             "decoder_lr": "decoder learning rate",
+            "decoder_lr_schedule": "decoder learning-rate schedule after the warm-up (cosine or constant)",
+            "multi_query_ks": "randomised targets: also attack with k payloads of each face, for each k",
             "batch_size": "decoder batch size",
             "ridge": "also fit the ridge-regression linear inverse",
             "ridge_mode": "ridge inverse per local patch (local) or on the pooled payload (global)",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from functools import cache
+
+from facesynth.core.cli_args import CliSpec, add_config_arguments, config_from_args
 
 HELP = "build a verification benchmark (.bin, genuine + impostor pairs) from a shard dataset"
 DESCRIPTION = """\
@@ -16,19 +18,20 @@ example:
 """
 
 
+@cache
+def cli_spec() -> CliSpec:
+    from facesynth.pipelines.pairs import PairsConfig
+
+    return CliSpec(PairsConfig, positional=("dataset",))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", type=Path, help="shard dataset folder")
-    parser.add_argument("--out", type=Path, required=True, help="output .bin file")
-    parser.add_argument("--num-pairs", type=int, default=3000, help="total pairs (default 3000)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_config_arguments(parser, cli_spec())
 
 
 def run(args: argparse.Namespace) -> int:
-    from facesynth.core.errors import ConfigError
-    from facesynth.pipelines.pairs import write_pairs_bin
+    from facesynth.pipelines.pairs import run_pairs
 
-    if args.num_pairs < 2:
-        raise ConfigError(f"--num-pairs: bad value {args.num_pairs} (need at least 2)")
-    path = write_pairs_bin(args.dataset, args.out, args.num_pairs, args.seed)
+    path = run_pairs(config_from_args(cli_spec(), args))
     print(f"{path}: written")
     return 0

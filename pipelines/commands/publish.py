@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from functools import cache
+
+from facesynth.core.cli_args import CliSpec, add_config_arguments, config_from_args
 
 HELP = "validate a dataset/model folder, then create the Hub repo and upload it (resumable)"
 DESCRIPTION = """\
@@ -20,31 +22,23 @@ examples:
 """
 
 
+@cache
+def cli_spec() -> CliSpec:
+    from facesynth.pipelines.publish import PublishConfig
+
+    return CliSpec(PublishConfig, positional=("folder",))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", type=Path, help="dataset or model folder")
-    parser.add_argument("--repo-id", required=True, help="NAMESPACE/NAME on the Hub")
-    parser.add_argument(
-        "--repo-type", choices=["auto", "dataset", "model"], default="auto", help="default: detect"
-    )
-    parser.add_argument("--private", action="store_true", help="create the repo as private")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="validate and list the upload; no network call"
-    )
-    parser.add_argument("--commit-message", help="commit message (default: 'Upload dataset with facesynth')")
+    add_config_arguments(parser, cli_spec())
 
 
 def run(args: argparse.Namespace) -> int:
-    from facesynth.pipelines.publish import publish
+    from facesynth.pipelines.publish import run_publish
 
-    result = publish(
-        args.folder,
-        args.repo_id,
-        private=args.private,
-        dry_run=args.dry_run,
-        repo_type=args.repo_type,
-        commit_message=args.commit_message,
-    )
-    if args.dry_run:
+    config = config_from_args(cli_spec(), args)
+    result = run_publish(config)
+    if config.dry_run:
         print(result.plan.describe())
         print("dry run: nothing was uploaded")
     else:

@@ -1,0 +1,52 @@
+"""Each privacy method learns: a short training on parametric faces verifies *unseen* identities
+through protect -> recognize clearly above chance and above the raw-pixel verifier (issue 15.4).
+
+Recipe and data in :mod:`facesynth.tests.privacy_learning` (32 x 32 faces, tiny IResNet, 160 steps
+per row, two-stage methods split them: a quarter for the first stage). Measured on the shared 2-core
+box with ``python -m facesynth.tests.privacy_learning`` (one thread; 160 pairs over 40 unseen
+identities): raw pixels 0.706; DCTDP 0.775, DuetFace 0.794, PartialFace 0.813, MinusFace 0.600. Each
+row took 4-11 min of wall time on the loaded box (about a minute of CPU each).
+
+MinusFace does not learn in this budget (below the raw-pixel verifier, as in the README's parametric
+table at 250 steps): its case is an expected failure, strict, so that a fix shows up here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from facesynth.tests import privacy_learning
+
+CHANCE = 0.5
+MARGIN_OVER_RAW = 0.03  # about one standard error of a 160-pair accuracy
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    import facesynth.privacy  # noqa: F401  (registers the privacy methods)
+
+    folder = tmp_path_factory.mktemp("privacy-learns")
+    made = privacy_learning.make_data(folder / "train")
+    made["raw"] = privacy_learning.raw_pixel_accuracy(made)
+    return made
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            name,
+            marks=pytest.mark.xfail(
+                strict=True, reason="MinusFace stays below raw pixels after 160 steps (0.600 vs 0.706)"
+            ),
+        )
+        if name == "minusface"
+        else name
+        for name in privacy_learning.RECIPES
+    ],
+)
+def test_privacy_method_learns_above_raw_pixels_on_unseen_identities(name, data, tmp_path):
+    result = privacy_learning.train_and_score(name, data, tmp_path)
+    assert result["accuracy"] > CHANCE + 0.15, result
+    assert result["accuracy"] > data["raw"] + MARGIN_OVER_RAW, (result, data["raw"])
