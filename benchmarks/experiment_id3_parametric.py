@@ -68,7 +68,7 @@ def render(out: Path, name: str, identities: int, per_identity: int, seed: int) 
     return folder
 
 
-def train_fr(data: Path, out: Path, steps: int, seed: int, input_size: int) -> Path:
+def train_fr(data: Path, out: Path, steps: int, seed: int, input_size: int, export_onnx: bool = True) -> Path:
     """A tiny IResNet (ArcFace head) trained on ``data``; returns its run folder (torch:RUN loads it)."""
     from facesynth.recognizers.trainer import RecognizerTrainConfig, train_recognizer
 
@@ -87,6 +87,7 @@ def train_fr(data: Path, out: Path, steps: int, seed: int, input_size: int) -> P
         checkpoint_every=0,
         tensorboard=False,
         progress=False,
+        export_onnx=export_onnx,
     )
     train_recognizer(config)
     return out

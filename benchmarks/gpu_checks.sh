@@ -56,18 +56,22 @@ json.dump(data, open(path, "w"), indent=1)
 PY
 }
 
-id3_sampling_compare() { # id3_sampling_compare RUN_DIR SEED_DIR DEVICE: samplers vs DDIM-50 on a trained model
+id3_sampling_compare() { # id3_sampling_compare RUN_DIR SEED_DIR DEVICE BATCH [ARGS...]: samplers vs DDIM-50
+  local run=$1 seed_dir=$2 device=$3 batch=$4
+  shift 4
   step id3_sampling_compare 600 "$py" -m facesynth.benchmarks.bench_id3_sampling --compare --json \
-    --pipeline "$2/id3_full/pipeline" --identity-encoder "torch:$1/encoder_A" \
-    --eval-encoder "torch:$1/encoder_B" --kappa 30 --batch 32 --device "$3"
+    --pipeline "$seed_dir/id3_full/pipeline" --identity-encoder "torch:$run/encoder_A" \
+    --eval-encoder "torch:$run/encoder_B" --kappa 30 --batch "$batch" --device "$device" "$@"
   record id3_sampling_compare
 }
 
 if [ "$smoke" = 1 ]; then
   step id3_ablation_smoke 900 "$py" -m facesynth.benchmarks.ablation_id3_parametric --smoke --out "$work/ablation"
   cp "$work/ablation/ablation.json" "$out/ablation_smoke.json" 2>/dev/null
-  id3_sampling_compare "$work/ablation" "$work/ablation/seed0" cpu
-  step id3_sampling_speed 300 "$py" -m facesynth.benchmarks.bench_id3_sampling --json --steps 4 --repeats 1
+  # one thread: on a small shared CPU two threads thrash (the 32-image compare ran past 600 s)
+  id3_sampling_compare "$work/ablation" "$work/ablation/seed0" cpu 8 --threads 1
+  step id3_sampling_speed 300 "$py" -m facesynth.benchmarks.bench_id3_sampling --json --steps 4 --repeats 1 \
+    --threads 1
   record id3_sampling_speed
   cat "$json"
   rm -rf "$work"
@@ -96,7 +100,7 @@ done
 if [ "${ID3_ABLATION:-0}" = 1 ]; then
   step id3_ablation_gpu64 1500 "$py" -m facesynth.benchmarks.ablation_id3_parametric --recipe gpu64 \
     --out "$out/ablation_gpu64"
-  id3_sampling_compare "$out/ablation_gpu64" "$out/ablation_gpu64/seed0" cuda
+  id3_sampling_compare "$out/ablation_gpu64" "$out/ablation_gpu64/seed0" cuda 32
 fi
 
 step frequency_frontend 90 "$py" -m facesynth.benchmarks.bench_frequency_frontend --device cuda --batch 128

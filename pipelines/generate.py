@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +50,11 @@ from facesynth.generators.registry import FaceGenerator, SampleRequest, build_ge
 logger = logging.getLogger(__name__)
 
 STATE_DIR = ".facesynth"  # plan, per-shard checksums and the log; ignored by publish
+
+
+#: at most this many images per process are encoded on a thread rather than in a spawned process
+#: (spawning re-imports the caller's modules, seconds that 1,000 small images do not repay)
+IN_PROCESS_ENCODING_ROWS = 1000
 
 
 class GenerateConfig(StageConfig):
@@ -247,9 +252,13 @@ class _ShardWriter:
         self, config: GenerateConfig, out: Path, embedding_dim: int | None, encode_processes: int = 1
     ):
         self.config, self.out, self.embedding_dim = config, out, embedding_dim
-        self.encoder_pool = ProcessPoolExecutor(
-            max_workers=encode_processes, mp_context=multiprocessing.get_context("spawn")
-        )
+        self.encoder_pool: Executor
+        if encode_processes > 0:
+            self.encoder_pool = ProcessPoolExecutor(
+                max_workers=encode_processes, mp_context=multiprocessing.get_context("spawn")
+            )
+        else:  # small datasets: a spawned process re-imports torch & co., costing more than the encoding
+            self.encoder_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-encoder")
         self.encoder_pool.submit(encode_images, [], config.image_format)  # start the process now
         self.jobs: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
@@ -436,7 +445,8 @@ def _generate_locked(
             desc=f"generate[{state.process_index}]",
             disable=not show_progress or not state.is_local_main_process,
         )
-        writer = _ShardWriter(config, out, generator.embedding_dim)
+        encode_processes = 0 if total <= IN_PROCESS_ENCODING_ROWS else 1
+        writer = _ShardWriter(config, out, generator.embedding_dim, encode_processes)
         try:
             for plan in my_plans:
                 images += _generate_shard(generator, config, plan, writer, progress)

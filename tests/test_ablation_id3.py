@@ -1,30 +1,68 @@
-"""The ID3 ablation testbed's smoke recipe runs every stage and fills every row and column."""
+"""The ID3 ablation testbed: balanced verification pairs, and the smoke recipe fills every row."""
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pytest
+import torch
 
-from facesynth.benchmarks.ablation_id3_parametric import ROWS, main
+from facesynth.benchmarks.ablation_id3_parametric import ROWS, downstream, main
+
+
+class _MeanToOneHot(torch.nn.Module):
+    """An "encoder" that reads the identity off the image's mean grey level (or ignores it)."""
+
+    input_size = None
+
+    def __init__(self, informative: bool):
+        super().__init__()
+        self.informative = informative
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        level = ((images.mean(dim=(1, 2, 3)) + 1) * 127.5 / 10).round().long()
+        if not self.informative:
+            level = torch.zeros_like(level)
+        return torch.nn.functional.one_hot(level, 32).float() + 1e-3
+
+
+def _faces(identities: int = 12, per_identity: int = 5) -> dict[str, np.ndarray]:
+    labels = np.repeat(np.arange(identities), per_identity)
+    images = np.repeat((labels * 10).astype(np.uint8)[:, None, None, None], 8, axis=1)
+    return {"images": np.repeat(np.repeat(images, 8, axis=2), 3, axis=3), "labels": labels}
+
+
+def test_downstream_pairs_are_balanced_so_a_blind_encoder_scores_chance():
+    faces = _faces()
+    blind = downstream(_MeanToOneHot(informative=False), faces)
+    perfect = downstream(_MeanToOneHot(informative=True), faces)
+    genuine_pairs = 12 * (5 * 4 // 2)
+    assert blind["balanced_pairs"] == perfect["balanced_pairs"] == 2 * genuine_pairs
+    # with 10x more impostor pairs (the old protocol) "always different" scored 0.909
+    assert blind["accuracy"] < 0.65
+    assert perfect["accuracy"] == 1.0 and perfect["tar@far=1e-3"] == 1.0
 
 
 @pytest.mark.slow
 def test_ablation_smoke_fills_the_table(tmp_path, capsys):
     assert main(["--smoke", "--out", str(tmp_path)]) == 0
-    import json
-
     results = json.loads((tmp_path / "ablation.json").read_text())
     assert set(results["table"]) == set(ROWS)
     for row in ROWS:
         cells = results["table"][row]
         assert -1.0 <= cells["genuine"][0] <= 1.0 and -1.0 <= cells["impostor"][0] <= 1.0
         assert 0.0 <= cells["accuracy"][0] <= 1.0 and 0.0 <= cells["tar@far=1e-3"][0] <= 1.0
+        # the test set has 8 identities x 4 images: 48 genuine pairs and as many impostor pairs
+        assert results["per_seed"][row][0]["balanced_pairs"] == 96
+    renderer = results["table"]["renderer"]
+    # encoder B separates rendered identities and the renderer-trained recognizer beats chance (0.5)
+    assert renderer["genuine"][0] > renderer["impostor"][0] + 0.1
+    assert renderer["accuracy"][0] > 0.6
     # the renderer's requested yaw varies within an identity; the no-attribute row requests none
-    assert results["table"]["renderer"]["attr_spread"][0] > 1.0
-    assert math.isnan(results["table"]["no_attributes"]["attr_spread"][0]) or (
-        results["table"]["no_attributes"]["attr_spread"][0] == 0.0
-    )
-    assert results["expected_full_hours"] > 0
+    assert renderer["attr_spread"][0] > 1.0
+    assert math.isnan(results["table"]["no_attributes"]["attr_spread"][0])
+    assert 0 < results["expected_full_hours"] < math.inf
     assert "| band_0.5_0.7 |" in (tmp_path / "ablation.md").read_text()
     assert "expected wall time" in capsys.readouterr().out

@@ -80,6 +80,19 @@ def test_generate_writes_verified_dataset_and_is_idempotent(tmp_path):
     assert again.images_written == 0 and again.shards_reused == 4
 
 
+def test_thread_and_process_encoding_write_the_same_rows(tmp_path, monkeypatch):
+    """Small datasets encode on a thread (no spawned process to start); larger ones in a process."""
+    import facesynth.pipelines.generate as generate
+
+    assert generate.IN_PROCESS_ENCODING_ROWS >= 36
+    with monkeypatch.context() as patch:
+        patch.setattr(generate, "ProcessPoolExecutor", None)  # would fail if a process were started
+        generate_dataset(_config(tmp_path / "thread"), show_progress=False)
+    monkeypatch.setattr(generate, "IN_PROCESS_ENCODING_ROWS", 0)
+    generate_dataset(_config(tmp_path / "process"), show_progress=False)
+    assert _rows_by_key(tmp_path / "thread") == _rows_by_key(tmp_path / "process")
+
+
 def test_load_dataset_on_generated_folder(tmp_path):
     datasets = pytest.importorskip("datasets")
     config = _config(tmp_path / "ds")
