@@ -42,10 +42,11 @@ class LockedError(FacesynthError):
     """Another process is writing the same output."""
 
 
-def lock_path_for(target: str | os.PathLike) -> Path:
-    """Where the lock of ``target`` lives: ``<folder>/.facesynth/writer.lock``, or ``.<file>.lock`` beside a file."""
+def lock_path_for(target: str | os.PathLike, is_file: bool = False) -> Path:
+    """Where the lock of ``target`` lives: ``<folder>/.facesynth/writer.lock``, or ``.<file>.lock`` beside a
+    file output (``is_file``: said by the caller, never guessed from a dot in the name)."""
     target = Path(target)
-    if target.suffix and not target.is_dir():
+    if is_file:
         return target.with_name(f".{target.name}.lock")
     return target / STATE_DIR / LOCK_NAME
 
@@ -132,10 +133,10 @@ def _refuse(target: Path, path: Path) -> LockedError:
     )
 
 
-def acquire(target: str | os.PathLike, stage: str) -> OutputLock:
+def acquire(target: str | os.PathLike, stage: str, is_file: bool = False) -> OutputLock:
     """Take the exclusive write lock of ``target`` or raise :class:`LockedError` naming the holder."""
     target = Path(target)
-    path = lock_path_for(target)
+    path = lock_path_for(target, is_file)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -182,12 +183,14 @@ def acquire(target: str | os.PathLike, stage: str) -> OutputLock:
 
 
 @contextlib.contextmanager
-def output_lock(target: str | os.PathLike, stage: str, *, is_main_process: bool = True) -> Iterator[None]:
+def output_lock(
+    target: str | os.PathLike, stage: str, *, is_main_process: bool = True, is_file: bool = False
+) -> Iterator[None]:
     """Hold ``target``'s lock for the block; non-main ranks take nothing (see :func:`check_job_lock`)."""
     if not is_main_process:
         yield
         return
-    lock = acquire(target, stage)
+    lock = acquire(target, stage, is_file)
     try:
         yield
     finally:

@@ -191,7 +191,7 @@ def write_pairs_bin(
     previous file intact). A dataset without a manifest needs ``allow_plain_parquet``.
     """
     path = check_output_file(path)
-    with output_lock(path, "pairs"):
+    with output_lock(path, "pairs", is_file=True):
         pairs = verification_set_from_shards(
             dataset, num_pairs, seed, allow_plain_parquet=allow_plain_parquet
         )

@@ -287,7 +287,7 @@ def test_verify_names_each_problem(tmp_path):
 @pytest.mark.parametrize(
     ("generator", "options", "message"),
     [
-        ("foo", {}, "unknown name 'foo'"),
+        ("foo", {}, "unknown generator 'foo'"),
         ("parametric", {"pipeline": "x"}, "pipeline"),
         ("parametric", {"image_size": 1}, "image_size"),
         ("parametric", {"no_such_key": 3}, "no_such_key"),

@@ -75,8 +75,16 @@ def test_ranks_of_one_job_share_the_lock(tmp_path, monkeypatch):
 
 def test_file_targets_lock_beside_the_file(tmp_path):
     target = tmp_path / "bench.bin"
-    with output_lock(target, "pairs"):
+    with output_lock(target, "pairs", is_file=True):
         assert (tmp_path / ".bench.bin.lock").is_file()
         with pytest.raises(LockedError):
             # a second acquisition from this process opens a new file description: refused too
-            acquire(target, "pairs")
+            acquire(target, "pairs", is_file=True)
+
+
+def test_a_new_folder_with_a_dot_in_its_name_is_locked_as_a_folder(tmp_path):
+    """``fr_band_0.5_0.7`` is a run folder, not a file with suffix ``.7`` (found by the ID3 ablation)."""
+    target = tmp_path / "fr_band_0.5_0.7"
+    with output_lock(target, "train"):
+        assert (target / ".facesynth" / "writer.lock").is_file()
+    assert target.is_dir()
