@@ -256,7 +256,8 @@ def test_kill_9_then_rerun_equals_uninterrupted(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     written = len(list((out / "data").glob("train-*.parquet")))
-    assert 3 <= written < 40, f"the kill must land in the middle of the run ({written} shards written)"
+    # 60 identities x 5 images in shards of 10 = 30 shards: the kill must land before the last one
+    assert 3 <= written < 30, f"the kill must land in the middle of the run ({written} shards written)"
     assert not (out / "facesynth.json").exists()
     rerun = run_cli("generate", *args, "--out", str(out))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
