@@ -149,12 +149,12 @@ class NoneAligner(Aligner):
         self.size, self.mode, self.max_aspect = size, mode, max_aspect
 
     def align(self, image: np.ndarray) -> list[AlignedFace]:
-        import cv2
-
         rgb = ensure_rgb(image)
         h, w = rgb.shape[:2]
         if (h, w) == (self.size, self.size):
             return [AlignedFace(rgb, None, 1.0)]
+        import cv2
+
         if self.mode == "strict":
             raise FacesynthError(
                 f"image is {w}x{h}, expected an aligned {self.size}x{self.size} face "
