@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -301,24 +302,50 @@ def _size_categories() -> list[str]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def check_datasets_loads(folder: Path) -> list[str]:
-    """Load the folder with ``datasets`` through its card's configs (streaming, first row)."""
+_LOAD_CHECK = """
+import json, os, sys
+problems = []
+try:
     from datasets import load_dataset
 
-    try:
-        dataset = load_dataset(str(folder), split="train", streaming=True)
-        first = next(iter(dataset))
-    except Exception as exc:  # noqa: BLE001 - report whatever datasets complains about
-        return [f"{folder}: datasets cannot load it ({type(exc).__name__}: {exc})"]
-    problems = []
+    dataset = load_dataset(sys.argv[1], split="train", streaming=True)
+    first = next(iter(dataset))
     if "image" not in first or "label" not in first:
-        problems.append(f"{folder}: datasets loads rows without image/label columns ({sorted(first)})")
+        problems.append(f"datasets loads rows without image/label columns ({sorted(first)})")
     features = dataset.features
     if features is not None and type(features.get("image")).__name__ != "Image":
-        problems.append(
-            f"{folder}: datasets does not see 'image' as an Image feature ({features.get('image')})"
+        problems.append(f"datasets does not see 'image' as an Image feature ({features.get('image')})")
+except Exception as exc:  # report whatever datasets complains about
+    problems.append(f"datasets cannot load it ({type(exc).__name__}: {exc})")
+print(json.dumps(problems), flush=True)
+os._exit(0)
+"""
+
+
+def check_datasets_loads(folder: Path, timeout: float = 600.0) -> list[str]:
+    """Load the folder with ``datasets`` through its card's configs (streaming, first row).
+
+    Runs in a child process that leaves with ``os._exit``: a half-read ``datasets`` stream left to
+    interpreter shutdown made the process abort ("terminate called without an active exception",
+    status 134) or hang in about one run in three.
+    """
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _LOAD_CHECK, str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
-    return problems
+        lines = done.stdout.strip().splitlines()
+        problems = json.loads(lines[-1]) if lines else None
+    except (subprocess.TimeoutExpired, json.JSONDecodeError):
+        problems = None
+    if problems is None:
+        return [f"{folder}: the datasets loading check did not finish (run it again with -v)"]
+    return [f"{folder}: {problem}" for problem in problems]
 
 
 def validate_model_folder(folder: Path) -> list[str]:
