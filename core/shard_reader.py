@@ -162,9 +162,9 @@ def read_columns(
     return pa.concat_tables(tables)
 
 
-def sources_have_column(sources: Source | Sequence[Source], column: str) -> bool:
+def sources_have_column(sources: Source | Sequence[Source], column: str, allow_plain: bool = False) -> bool:
     """Whether every shard of ``sources`` has ``column`` (for optional columns such as ``landmarks``)."""
-    return all(column in read_schema(file).names for file, _ in _all_shards(sources))
+    return all(column in read_schema(file).names for file, _ in _all_shards(sources, allow_plain))
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

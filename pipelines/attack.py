@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ class AttackStageConfig(StageConfig):
     decoder_steps: int = Field(default=1500, ge=1, description="decoder steps (DecoderConfig's default)")
     decoder_widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=1)
     decoder_lr: float = Field(default=2e-3, gt=0)
-    decoder_lr_schedule: str = Field(default="cosine", pattern="^(cosine|constant)$")
+    decoder_lr_schedule: Literal["cosine", "constant"] = Field(default="cosine")
     multi_query_ks: list[int] = Field(
         default_factory=list,
         description="randomised targets: also attack with k payloads of each face, for each k (e.g. 1 4 16)",

@@ -146,7 +146,7 @@ def verification_set_from_shards(
     sources = [images[i] for pair in pairs for i in pair]
     issame = np.array([True, False] * half)
     landmarks = None
-    if sources_have_column(dataset, "landmarks"):
+    if sources_have_column(dataset, "landmarks", allow_plain=allow_plain_parquet):
         values = read_columns(dataset, ["landmarks"], allow_plain=allow_plain_parquet).take(wanted)
         points = dict(zip(wanted, values["landmarks"].to_pylist(), strict=True))
         unknown = np.full((5, 2), np.nan, dtype=np.float32)
