@@ -24,9 +24,9 @@ import torch
 
 
 def make_dataset(folder: Path, identities: int, per_identity: int) -> Path:
+    from facesynth.core.manifest import write_shard_dataset as write_dataset
     from facesynth.core.shard_format import ShardRow
     from facesynth.generators.registry import SampleRequest, build_generator
-    from facesynth.tests.shard_fixtures import write_dataset
 
     generator = build_generator("parametric", num_identities=identities, seed=0)
     rows = []

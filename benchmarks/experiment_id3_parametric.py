@@ -124,8 +124,8 @@ def embed(encoder: Any, images: np.ndarray, batch: int = 64) -> np.ndarray:
 
 def write_conditioned(rows: dict[str, Any], embeddings: np.ndarray, folder: Path) -> Path:
     """The ID3 training shards: the rendered faces with encoder A's embeddings as the condition."""
+    from facesynth.core.manifest import write_shard_dataset as write_dataset
     from facesynth.core.shard_format import ShardRow
-    from facesynth.tests.shard_fixtures import write_dataset
 
     shard_rows = [
         ShardRow(

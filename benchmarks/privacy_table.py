@@ -135,8 +135,8 @@ def parametric_faces(identities: int, per_identity: int, seed: int) -> list[Face
 
 def write_split(faces: list[Face], folder: Path) -> Path:
     """One shard of the faces and its manifest (with the landmarks column when the faces have landmarks)."""
+    from facesynth.core.manifest import write_shard_dataset as write_dataset
     from facesynth.core.shard_format import ShardRow
-    from facesynth.tests.shard_fixtures import write_dataset
 
     names = sorted({f[0] for f in faces})
     label = {n: i for i, n in enumerate(names)}

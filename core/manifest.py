@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -172,3 +173,59 @@ def unfinished_marker(folder: str | Path) -> Path | None:
         if (Path(folder) / name).exists():
             return Path(folder) / name
     return None
+
+
+def manifest_for_shards(
+    folder: Path,
+    *,
+    embedding_dim: int | None = None,
+    num_identities: int | None = None,
+    producer: str = "test",
+) -> Manifest:
+    """Write the manifest of the shards already under ``folder/data`` (label ranges read from them).
+
+    For shards written outside a stage (test fixtures, benchmark scratch data): readers refuse a folder
+    without a manifest, as they would a user's. ``producer`` names who wrote them.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from facesynth.core.atomic_io import sha256_file
+
+    records = []
+    for file in sorted((folder / DATA_DIR).glob("*.parquet")):
+        labels = pq.read_table(file, columns=["label"])["label"]
+        low, high = (v.as_py() for v in pc.min_max(labels).values()) if len(labels) else (0, -1)
+        name = f"{DATA_DIR}/{file.name}"
+        records.append(ShardRecord(name, low, high + 1, len(labels), sha256_file(file)))
+    manifest = Manifest(
+        num_rows=sum(r.num_rows for r in records),
+        num_identities=num_identities if num_identities is not None else max(r.label_stop for r in records),
+        embedding_dim=embedding_dim,
+        image_format="png",
+        config_hash=producer,
+        producer={"stage": producer},
+        shards=records,
+    )
+    manifest.write(folder)
+    return manifest
+
+
+def write_shard_dataset(
+    folder: Path,
+    shards: Sequence[Sequence[Any]],
+    *,
+    embedding_dim: int | None = None,
+    num_identities: int | None = None,
+    row_group_size: int = 256,
+    producer: str = "test",
+) -> Manifest:
+    """Write ``shards`` under ``folder/data`` and a manifest that lists them (label ranges from the rows)."""
+    from facesynth.core.shard_format import rows_to_table, shard_name, write_shard
+
+    for index, rows in enumerate(shards):
+        table = rows_to_table(list(rows), embedding_dim)
+        write_shard(folder / shard_name(index, len(shards)), table, row_group_size=row_group_size)
+    return manifest_for_shards(
+        folder, embedding_dim=embedding_dim, num_identities=num_identities, producer=producer
+    )
