@@ -20,7 +20,11 @@ Speed options (issue 17; defaults keep the plain, exact behaviour):
 
 * :meth:`ID3Pipeline.use_scheduler`: ``"ddim"``, ``"ddpm"``, ``"dpmsolver++"`` (DPM-Solver++ 2M, good at
   15-25 steps), ``"unipc"`` (UniPC, 15-25 steps) or ``"saved"``; built from the saved scheduler's
-  config so the noise schedule is the trained one.
+  config so the noise schedule is the trained one. DPM-Solver++ and UniPC have no ``clip_sample``;
+  when the saved config clips x0 (diffusers' DDPM/DDIM default), the pipeline gives them DDIM's
+  clipping (:func:`~facesynth.generators.id3_sampling.clip_projected_sample`; UniPC then runs without
+  its corrector, which would undo it). Without it an under-trained or strongly guided model saturates
+  them, guided or not (issue 17).
 * :meth:`ID3Pipeline.optimize`: ``channels_last`` memory format (faster convolutions on GPUs),
   ``attention`` ``"sdpa"`` (torch's fused scaled-dot-product attention; diffusers' default on torch 2)
   or ``"math"`` (the plain reference processor), ``compile_unet`` / ``compile_encoder``
@@ -54,7 +58,13 @@ from facesynth.core.errors import ConfigError, FacesynthError
 from facesynth.generators.attributes import attributes_to_array, normalize_attributes
 from facesynth.generators.id3_condition_encoder import ID3ConditionEncoder
 from facesynth.generators.id3_loss import embed_for_identity, require_differentiable
-from facesynth.generators.id3_sampling import KAPPA_SCHEDULES, adjusted_noise, guidance_active, kappa_at
+from facesynth.generators.id3_sampling import (
+    KAPPA_SCHEDULES,
+    adjusted_noise,
+    clip_projected_sample,
+    guidance_active,
+    kappa_at,
+)
 from facesynth.recognizers.encoders import resolve_encoder_spec
 
 CONDITION_ENCODER_ENTRY = ["facesynth.generators.id3_condition_encoder", "ID3ConditionEncoder"]
@@ -72,10 +82,33 @@ def scheduler_from_config(name: str, config: Any) -> Any:
     if name == "ddim":
         return DDIMScheduler.from_config(config)
     if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
-    if name == "unipc":
-        return UniPCMultistepScheduler.from_config(config, solver_order=2)
-    raise ConfigError(f"scheduler: unknown name {name!r}; choose one of {SCHEDULER_NAMES}")
+        scheduler = DPMSolverMultistepScheduler.from_config(
+            config, algorithm_type="dpmsolver++", solver_order=2
+        )
+    elif name == "unipc":
+        scheduler = UniPCMultistepScheduler.from_config(config, solver_order=2)
+    else:
+        raise ConfigError(f"scheduler: unknown name {name!r}; choose one of {SCHEDULER_NAMES}")
+    # these solvers have no clip_sample of their own: keep the saved setting in their config, where
+    # ID3Pipeline reads it (_projection_clip_range) and save_pretrained writes it
+    if "clip_sample" in config:
+        scheduler.register_to_config(
+            clip_sample=bool(config["clip_sample"]),
+            clip_sample_range=float(config.get("clip_sample_range", 1.0)),
+        )
+    return scheduler
+
+
+def scheduler_clips_itself(scheduler: Any) -> bool:
+    """Whether the scheduler class takes ``clip_sample`` (DDPM, DDIM) and so applies its config's clipping."""
+    return "clip_sample" in inspect.signature(type(scheduler).__init__).parameters
+
+
+def x0_clip_range(config: Any) -> float | None:
+    """The x0 clip range a scheduler config asks for (``clip_sample``), None when it does not or says nothing."""
+    if not config.get("clip_sample", False):
+        return None
+    return float(config.get("clip_sample_range", 1.0))
 
 
 @dataclass
@@ -128,6 +161,9 @@ class ID3Pipeline(DiffusionPipeline):
             )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.identity_encoder: Any | None = None
+        # the clip_sample of the scheduler the model came with; a scheduler swapped in later whose config
+        # has no such flag (DPM-Solver++, UniPC) samples with it too (see id3_sampling.clip_projected_sample)
+        self._saved_clip_range = x0_clip_range(scheduler.config)
 
     # ----------------------------------------------------------------------------------- loading
     @classmethod
@@ -211,6 +247,23 @@ class ID3Pipeline(DiffusionPipeline):
         if self.vae is None:
             return sample
         return self.vae.decode(sample.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+
+    def _projection_clip_range(self) -> float | None:
+        """x0 clip range the pipeline applies itself (:func:`clip_projected_sample`), None for none.
+
+        Schedulers with a ``clip_sample`` of their own (DDPM, DDIM) clip as their config says; the others
+        (DPM-Solver++, UniPC) get the saved scheduler's ``clip_sample`` (recorded in their config by
+        :func:`scheduler_from_config`, else the one of the scheduler this pipeline was built with).
+        Only for variance-preserving schedulers (``init_noise_sigma`` 1), where the sample is x_t itself.
+        """
+        scheduler = self.scheduler
+        if scheduler_clips_itself(scheduler) or scheduler.config.get("thresholding", False):
+            return None
+        if float(scheduler.init_noise_sigma) != 1.0:
+            return None
+        if "clip_sample" in scheduler.config:
+            return x0_clip_range(scheduler.config)
+        return self._saved_clip_range
 
     def _step_kwargs(self, generator: Any, eta: float) -> dict[str, Any]:
         params = set(inspect.signature(self.scheduler.step).parameters)
@@ -312,6 +365,12 @@ class ID3Pipeline(DiffusionPipeline):
         step_alpha_bars = [float(alphas_cumprod[i]) for i in step_timesteps]
         num_train = int(self.scheduler.config.num_train_timesteps)
         num_steps = len(step_timesteps)
+        project_range = self._projection_clip_range()
+        if hasattr(self.scheduler, "disable_corrector"):
+            # UniPC's corrector rebuilds x_t from the previous sample and would undo the projection: with
+            # clipping it runs its predictor only (UniP, still multistep); without, as its config says
+            off = self.scheduler.config.get("disable_corrector", [])
+            self.scheduler.disable_corrector = list(range(num_steps)) if project_range else list(off)
         for i, (t, abar) in enumerate(
             zip(self.progress_bar(self.scheduler.timesteps), step_alpha_bars, strict=True)
         ):
@@ -333,6 +392,8 @@ class ID3Pipeline(DiffusionPipeline):
                 through_unet=id_guidance_through_unet,
                 decode=self._decode if self.vae is not None else None,
             )
+            if project_range is not None:
+                latents = clip_projected_sample(latents, noise, abar, project_range)
             latents = self.scheduler.step(noise, t, latents, **step_kwargs).prev_sample
 
         images = self._decode(latents).float().clamp(-1, 1)
