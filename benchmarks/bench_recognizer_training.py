@@ -97,6 +97,34 @@ def trainer_rate(run_dir: Path, warmup: int) -> float:
     return len(rates) / sum(1.0 / r for r in rates)  # harmonic mean: total images / total time
 
 
+def train_rate(
+    data: str, out: Path, args: argparse.Namespace, decode: str, workers: int, model_only: bool
+) -> float:
+    """Images/s of ``train_recognizer`` (``model_only``: the model alone) after the warm-up steps."""
+    from facesynth.recognizers.trainer import RecognizerTrainConfig, train_recognizer
+
+    config = RecognizerTrainConfig(
+        data=[data],
+        output_dir=str(out),
+        backbone=args.backbone,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        max_steps=args.warmup + args.steps,
+        mixed_precision=args.precision,
+        decode=decode,
+        num_workers=workers,
+        channels_last=args.channels_last,
+        model_only=model_only,
+        log_every=1,
+        checkpoint_every=0,
+        progress=False,
+        tensorboard=False,
+        export_onnx=False,
+    )
+    train_recognizer(config)
+    return trainer_rate(out, args.warmup)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -108,81 +136,70 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=None, help="default: the backbone's (112)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", choices=["no", "fp16", "bf16"], default="no")
-    parser.add_argument("--decode", choices=["workers", "device"], default="workers")
+    parser.add_argument(
+        "--decode", choices=["workers", "device"], nargs="+", default=["workers"], help="one or both modes"
+    )
     parser.add_argument("--workers", type=int, default=None, help="default: the trainer's (2 on CPU)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=12, help="timed steps")
-    parser.add_argument("--only", choices=["loader", "model", "both"], nargs="*", default=None)
-    parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line per decode mode")
     args = parser.parse_args()
 
-    from facesynth.recognizers.input_pipeline import default_num_workers
-    from facesynth.recognizers.trainer import RecognizerTrainConfig, train_recognizer
+    from facesynth.core.errors import ConfigError
+    from facesynth.recognizers.input_pipeline import check_device_decoding, default_num_workers
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workers = args.workers if args.workers is not None else default_num_workers(device)
-    wanted = set(args.only or ["loader", "model", "both"])
-    rates: dict[str, float] = {}
+    print(
+        f"{args.backbone}, batch {args.batch_size}, precision {args.precision}, {workers} worker(s), "
+        f"channels_last {args.channels_last}, device {device}, torch threads {torch.get_num_threads()} "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         data = str(args.data or make_dataset(Path(tmp) / "faces", args.identities, args.per_identity))
-        if "loader" in wanted:
-            rates["loader"] = loader_alone(
-                data,
-                batch_size=args.batch_size,
-                workers=workers,
-                decode=args.decode,
-                warmup=args.warmup,
-                steps=args.steps,
-                device=device,
-            )
-        for name, model_only in (("model", True), ("both", False)):
-            if name not in wanted:
-                continue
-            config = RecognizerTrainConfig(
-                data=[data],
-                output_dir=str(Path(tmp) / name),
-                backbone=args.backbone,
-                input_size=args.input_size,
-                batch_size=args.batch_size,
-                max_steps=args.warmup + args.steps,
-                mixed_precision=args.precision,
-                decode=args.decode,
-                num_workers=workers,
-                channels_last=args.channels_last,
-                model_only=model_only,
-                log_every=1,
-                checkpoint_every=0,
-                progress=False,
-                tensorboard=False,
-                export_onnx=False,
-            )
-            train_recognizer(config)
-            rates[name] = trainer_rate(Path(tmp) / name, args.warmup)
-
-    print(
-        f"{args.backbone}, batch {args.batch_size}, precision {args.precision}, decode {args.decode}, "
-        f"{workers} worker(s), channels_last {args.channels_last}, device {device}, "
-        f"torch threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})"
-    )
-    labels = {"loader": "loader alone", "model": "model alone", "both": "both (training)"}
-    for name, rate in rates.items():
-        print(f"{labels[name]:<16}: {rate:9.1f} images/s")
-    ratio = rates["both"] / rates["model"] if {"both", "model"} <= rates.keys() else None
-    if ratio is not None:
-        print(f"both / model alone: {ratio:.3f}  (1.0: limited by the model, not by the input)")
-    if args.json:
-        record = {
-            "backbone": args.backbone,
-            "batch_size": args.batch_size,
-            "precision": args.precision,
-            "decode": args.decode,
-            "workers": workers,
-            "device": str(device),
-            **{f"{name}_images_per_s": round(rate, 1) for name, rate in rates.items()},
-            "both_over_model": None if ratio is None else round(ratio, 3),
-        }
-        print(json.dumps(record))
+        # the model alone does not depend on where images are decoded: measured once
+        model = train_rate(data, Path(tmp) / "model", args, "workers", workers, model_only=True)
+        print(f"model alone          : {model:9.1f} images/s")
+        for decode in args.decode:
+            record = {
+                "backbone": args.backbone,
+                "batch_size": args.batch_size,
+                "precision": args.precision,
+                "decode": decode,
+                "workers": workers,
+                "device": str(device),
+                "model_images_per_s": round(model, 1),
+            }
+            try:
+                if decode == "device":
+                    check_device_decoding([data])
+            except ConfigError as exc:
+                print(f"decode {decode:<7}: skipped ({exc})")
+                record["skipped"] = str(exc)
+            else:
+                loader = loader_alone(
+                    data,
+                    batch_size=args.batch_size,
+                    workers=workers,
+                    decode=decode,
+                    warmup=args.warmup,
+                    steps=args.steps,
+                    device=device,
+                )
+                both = train_rate(data, Path(tmp) / f"both-{decode}", args, decode, workers, model_only=False)
+                print(f"decode {decode:<7} loader alone: {loader:9.1f} images/s")
+                print(f"decode {decode:<7} both        : {both:9.1f} images/s")
+                print(
+                    f"decode {decode:<7} both / model alone: {both / model:.3f}  (1.0: the model is the limit)"
+                )
+                record.update(
+                    loader_images_per_s=round(loader, 1),
+                    both_images_per_s=round(both, 1),
+                    both_over_model=round(both / model, 3),
+                )
+            if args.json:
+                print(json.dumps(record))
 
 
 if __name__ == "__main__":
