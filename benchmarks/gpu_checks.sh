@@ -89,6 +89,8 @@ fi
 step environment 60 bash -c "nvidia-smi -L; $py -c 'import torch, diffusers, accelerate; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(), diffusers.__version__, accelerate.__version__)'"
 
 step gpu_tests 150 "$py" -m pytest -q -p no:cacheprovider -n 6 tests/test_gpu.py
+# device decoding against Pillow (nvJPEG tolerance), training with pinned non-blocking input
+step input_gpu_tests 90 "$py" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_input_pipeline.py
 
 step id3_train_and_sample 150 "$py" -m facesynth.benchmarks.bench_id3_gpu --preset base --size 112
 record id3_train_and_sample

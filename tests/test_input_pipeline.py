@@ -207,3 +207,42 @@ def test_model_only_moves_one_batch_and_trains_on_it(jpeg_faces, tmp_path, monke
     )
     result = train_recognizer(config)
     assert result.steps == 4 and len(moved) == 1
+
+
+@pytest.mark.gpu
+def test_cuda_decode_matches_pillow_within_nvjpeg_tolerance(jpeg_faces):
+    """nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's: small, bounded differences."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    reason = torchvision_reason()
+    if reason:
+        pytest.skip(reason)
+    dataset = shard_dataset([str(jpeg_faces)], "device", shuffle=False)
+    loader = DataLoader(dataset, batch_size=48, collate_fn=collate_rows, pin_memory=True)
+    decoded = batch_to_device(next(exact_batches(loader, 48)), torch.device("cuda"))["image"].cpu()
+    reference = torch.stack([r["image"] for r in ShardDataset([str(jpeg_faces)], shuffle=False)])
+    levels = (decoded - reference).abs() * 127.5
+    assert levels.mean() <= 2.0 and levels.max() <= 32.0, (float(levels.mean()), float(levels.max()))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("decode", ["workers", "device"])
+def test_cuda_training_with_pinned_non_blocking_input(jpeg_faces, tmp_path, decode):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if decode == "device" and torchvision_reason():
+        pytest.skip(torchvision_reason())
+    common = dict(max_steps=3, export_onnx=False, checkpoint_every=0, buffer_size=16, num_workers=2)
+    train_recognizer(small_config([jpeg_faces], tmp_path / "ref", mixed_precision="bf16", **common))
+    train_recognizer(
+        small_config(
+            [jpeg_faces],
+            tmp_path / decode,
+            decode=decode,
+            channels_last=True,
+            mixed_precision="bf16",
+            **common,
+        )
+    )
+    reference, losses = read_losses(tmp_path / "ref"), read_losses(tmp_path / decode)
+    assert len(losses) == 3 and losses == pytest.approx(reference, rel=0.05)
