@@ -4,7 +4,9 @@ All three use the trainer's own code, so the figures say what the trainer does:
 
 - loader alone: the trainer's input path (``ShardDataset`` -> DataLoader workers -> ``exact_batches``
   -> ``batch_to_device``: copy, decoding on the device with ``--decode device``, float conversion),
-  no model; on CUDA it waits for the device at the end of the timed batches;
+  no model; on CUDA it waits for the device at the end of the timed batches. On datasets whose
+  per-worker share fits the shuffle buffer it times one whole epoch from the loader's start (the
+  decoding all happens before the first batch), else a window in steady state;
 - model alone: ``train_recognizer`` with ``model_only`` (the first batch kept on the device and trained on
   at every step: the step's own cost, loss logging and its device sync included);
 - both: ``train_recognizer`` as a user runs it.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import tempfile
@@ -54,9 +57,24 @@ def make_dataset(folder: Path, identities: int, per_identity: int, image_format:
 
 
 def loader_alone(
-    data: str, *, batch_size: int, workers: int, decode: str, warmup: int, steps: int, device: torch.device
-) -> float:
-    """Images/s of the trainer's input path, batches ready on ``device``, no model."""
+    data: str,
+    *,
+    batch_size: int,
+    workers: int,
+    decode: str,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+    buffer_size: int = 1000,
+) -> tuple[float, str]:
+    """Images/s of the trainer's input path, batches ready on ``device``, no model; and what was timed.
+
+    Each worker fills a shuffle buffer (``buffer_size`` rows; the trainer's default 1,000) before its first batch. When
+    a worker's share of the epoch fits in it, the decoding happens before any batch arrives, so a window
+    of later batches would time no decoding: the whole epoch is timed from the loader's start instead
+    (worker start-up included, as the trainer pays it every epoch). Otherwise ``steps`` batches are timed
+    once every worker delivers (steady state).
+    """
     from facesynth.recognizers.input_pipeline import (
         batch_to_device,
         exact_batches,
@@ -66,28 +84,35 @@ def loader_alone(
     from facesynth.recognizers.trainer import resolve_sources
 
     sources, offsets, _ = resolve_sources([data])
-    dataset = shard_dataset(sources, decode, seed=0, buffer_size=1000, label_offsets=offsets)
-
-    def batches():
-        epoch = 0
-        while True:
-            dataset.set_epoch(epoch)
-            loader = make_loader(
-                dataset, batch_size=batch_size, num_workers=workers, device=device, seed=epoch
-            )
-            yield from exact_batches(loader, batch_size)
-            epoch += 1
-
-    stream = batches()
+    dataset = shard_dataset(sources, decode, seed=0, buffer_size=buffer_size, label_offsets=offsets)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def epoch_batches(epoch: int):
+        dataset.set_epoch(epoch)
+        loader = make_loader(dataset, batch_size=batch_size, num_workers=workers, device=device, seed=epoch)
+        return exact_batches(loader, batch_size)
+
+    warm = epoch_batches(0)  # CUDA context, decoder set-up, page cache
     for _ in range(warmup):
+        batch_to_device(next(warm), device)
+    warm.close()
+    sync()
+    if dataset.rows_per_rank() / max(1, workers) <= buffer_size:
+        start, count = time.perf_counter(), 0
+        for batch in epoch_batches(1):
+            batch_to_device(batch, device)
+            count += batch_size
+        sync()
+        return count / (time.perf_counter() - start), f"one whole epoch ({count} images) from its start"
+    stream = itertools.chain.from_iterable(epoch_batches(e) for e in itertools.count(1))
+    for _ in range(max(warmup, 3 * max(1, workers))):  # every worker's buffer full, its queue drained
         batch_to_device(next(stream), device)
     sync()
     start = time.perf_counter()
     for _ in range(steps):
         batch_to_device(next(stream), device)
     sync()
-    return steps * batch_size / (time.perf_counter() - start)
+    return steps * batch_size / (time.perf_counter() - start), f"{steps} batches in steady state"
 
 
 def trainer_rate(run_dir: Path, warmup: int) -> float:
@@ -109,6 +134,7 @@ def train_rate(
         backbone=args.backbone,
         input_size=args.input_size,
         batch_size=args.batch_size,
+        buffer_size=args.buffer_size,
         max_steps=args.warmup + args.steps,
         mixed_precision=args.precision,
         decode=decode,
@@ -141,6 +167,7 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=None, help="default: the trainer's (2 on CPU)")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--buffer-size", type=int, default=1000, help="shuffle buffer rows per worker")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=12, help="timed steps")
     parser.add_argument("--json", action="store_true", help="also print one JSON line per decode mode")
@@ -178,7 +205,7 @@ def main() -> None:
                 print(f"decode {decode:<7}: skipped ({exc})")
                 record["skipped"] = str(exc)
             else:
-                loader = loader_alone(
+                loader, timed = loader_alone(
                     data,
                     batch_size=args.batch_size,
                     workers=workers,
@@ -186,15 +213,17 @@ def main() -> None:
                     warmup=args.warmup,
                     steps=args.steps,
                     device=device,
+                    buffer_size=args.buffer_size,
                 )
                 both = train_rate(data, Path(tmp) / f"both-{decode}", args, decode, workers, model_only=False)
-                print(f"decode {decode:<7} loader alone: {loader:9.1f} images/s")
+                print(f"decode {decode:<7} loader alone: {loader:9.1f} images/s ({timed})")
                 print(f"decode {decode:<7} both        : {both:9.1f} images/s")
                 print(
                     f"decode {decode:<7} both / model alone: {both / model:.3f}  (1.0: the model is the limit)"
                 )
                 record.update(
                     loader_images_per_s=round(loader, 1),
+                    loader_timed=timed,
                     both_images_per_s=round(both, 1),
                     both_over_model=round(both / model, 3),
                 )

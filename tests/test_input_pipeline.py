@@ -246,3 +246,13 @@ def test_cuda_training_with_pinned_non_blocking_input(jpeg_faces, tmp_path, deco
     )
     reference, losses = read_losses(tmp_path / "ref"), read_losses(tmp_path / decode)
     assert len(losses) == 3 and losses == pytest.approx(reference, rel=0.05)
+
+
+def test_bench_loader_alone_times_a_whole_epoch_when_the_buffers_hold_it(jpeg_faces):
+    from facesynth.benchmarks.bench_recognizer_training import loader_alone
+
+    common = dict(batch_size=8, workers=0, decode="workers", warmup=1, steps=2, device=torch.device("cpu"))
+    rate, timed = loader_alone(str(jpeg_faces), **common)
+    assert rate > 0 and timed == "one whole epoch (48 images) from its start"
+    rate, timed = loader_alone(str(jpeg_faces), buffer_size=4, **common)
+    assert rate > 0 and timed == "2 batches in steady state"
