@@ -11,6 +11,9 @@ Data: one or more shard folders (real or synthetic) streamed by
 :class:`~facesynth.core.shard_reader.ShardDataset`, split by rank and worker. Each folder's
 labels are shifted past the previous folders' so mixed datasets keep distinct classes; the number of
 classes is read from the label columns. Images are resized to the backbone's input size on the fly.
+Images are decoded in the DataLoader workers or, for JPEG shards, batched on the training device
+(``decode``); :mod:`facesynth.recognizers.input_pipeline` is that path (pinned, non-blocking copies on
+CUDA, worker count from the node's cores).
 
 Run folder (``output_dir``):
 
