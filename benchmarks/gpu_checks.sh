@@ -11,7 +11,10 @@
 # its own time limit and a failed step does not stop the others; the exit status is the number of
 # failed steps. Figures: ID3 training steps/s and sampling images/s (bf16, base UNet, r50 encoder
 # with random weights), recognizer training images/s streaming from shards (r50 + ArcFace, batch
-# 128) for each precision and privacy method, frequency-frontend and Tammes-solver times.
+# 128) for each precision and privacy method; for bf16 and fp16 the input path alone, the model alone
+# and both, decoding in the loader workers and on the GPU (bench_recognizer_training; decode=device
+# needs torchvision built for the installed torch, and is reported as skipped without it; SHARD_DIR
+# must hold JPEGs for it); frequency-frontend and Tammes-solver times.
 set -u
 smoke=0
 if [ "${1-}" = "--smoke" ]; then
@@ -73,6 +76,11 @@ if [ "$smoke" = 1 ]; then
   step id3_sampling_speed 300 "$py" -m facesynth.benchmarks.bench_id3_sampling --json --steps 4 --repeats 1 \
     --threads 1
   record id3_sampling_speed
+  # the recognizer input figures of the GPU run, on tiny settings (JPEG faces it makes itself)
+  step recognizer_input_smoke 300 env OMP_NUM_THREADS=1 "$py" -m facesynth.benchmarks.bench_recognizer_training \
+    --identities 8 --per-identity 8 --input-size 32 --batch-size 8 --warmup 1 --steps 3 \
+    --decode workers device --json
+  record recognizer_input_smoke
   cat "$json"
   rm -rf "$work"
   exit "$failed"
@@ -81,11 +89,22 @@ fi
 step environment 60 bash -c "nvidia-smi -L; $py -c 'import torch, diffusers, accelerate; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(), diffusers.__version__, accelerate.__version__)'"
 
 step gpu_tests 150 "$py" -m pytest -q -p no:cacheprovider -n 6 tests/test_gpu.py
+# device decoding against Pillow (nvJPEG tolerance), training with pinned non-blocking input
+step input_gpu_tests 90 "$py" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_input_pipeline.py
 
 step id3_train_and_sample 150 "$py" -m facesynth.benchmarks.bench_id3_gpu --preset base --size 112
 record id3_train_and_sample
 
-for run in plain:bf16 plain:fp16 plain:no dctdp:bf16 duetface:bf16 partialface:bf16 minusface:bf16; do
+# loader alone / model alone / both, decoding in workers and on the GPU; 8 + 30 steps stay inside one
+# epoch of a 5,000-image SHARD_DIR (each epoch starts new loader workers)
+for precision in bf16 fp16; do
+  step "recognizer_input_$precision" 240 "$py" -m facesynth.benchmarks.bench_recognizer_training --data "$data" \
+    --backbone r50 --batch-size 128 --precision "$precision" --decode workers device --warmup 8 --steps 30 --json
+  record "recognizer_input_$precision"
+done
+
+# plain bf16 and fp16 training are the "both" figures above
+for run in plain:no dctdp:bf16 duetface:bf16 partialface:bf16 minusface:bf16; do
   method=${run%%:*} precision=${run##*:}
   step "recognizer_${method}_${precision}" 60 "$py" -m facesynth train-recognizer --no-onnx --no-tensorboard \
     --data "$data" --output-dir "$work/rec-$method-$precision" --privacy "$method" --backbone r50 \

@@ -178,6 +178,12 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     )
 
 
+#: what :class:`ShardDataset` yields for an image: float in [-1, 1], uint8 pixels, or the encoded JPEG
+IMAGE_OUTPUTS = ("float", "uint8", "encoded")
+#: the first bytes of every JPEG file (SOI marker and the next marker's 0xFF)
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
 @dataclass(frozen=True)
 class _Unit:
     file: Path
@@ -190,7 +196,10 @@ class _Unit:
 class ShardDataset(IterableDataset):
     """Stream rows of one or more shard datasets as dicts of tensors.
 
-    Each item has ``image`` (float32 (3,H,W) in [-1,1]) and ``label`` (int64 tensor), plus any extra
+    Each item has ``image`` (float32 (3,H,W) in [-1,1]; with ``image_output="uint8"`` the uint8 (3,H,W)
+    pixels, a quarter of the bytes to move between processes; with ``image_output="encoded"`` no
+    ``image`` but ``image_bytes``, the stored JPEG as a 1-D uint8 tensor, for decoding elsewhere) and
+    ``label`` (int64 tensor), plus any extra
     ``columns`` requested (``embedding`` as a float32 tensor, ``landmarks`` as a float32 (5, 2)
     tensor with NaN where unknown; others as Python values).
     ``label_offsets`` shifts each source's labels (used to mix datasets with distinct classes).
@@ -214,6 +223,7 @@ class ShardDataset(IterableDataset):
         decode_images: bool = True,
         skip_bad_images: bool = True,
         allow_plain: bool = False,
+        image_output: str = "float",
     ) -> None:
         if isinstance(sources, (str, os.PathLike)):
             sources = [sources]
@@ -227,6 +237,9 @@ class ShardDataset(IterableDataset):
         self.shuffle, self.seed, self.buffer_size = shuffle, seed, buffer_size
         self.epoch, self.even_split, self.decode_images = epoch, even_split, decode_images
         self.skip_bad_images = skip_bad_images
+        if image_output not in IMAGE_OUTPUTS:
+            raise ValueError(f"image_output {image_output!r}: expected one of {IMAGE_OUTPUTS}")
+        self.image_output = image_output
         self.units: list[_Unit] = []
         for source, offset in zip(sources, offsets, strict=True):
             for file, limits in dataset_shards(source, allow_plain=allow_plain):
@@ -358,7 +371,16 @@ class ShardDataset(IterableDataset):
                 item: dict[str, Any] = {
                     "label": torch.tensor(data["label"][i] + unit.label_offset, dtype=torch.int64)
                 }
-                if self.decode_images:
+                if self.decode_images and self.image_output == "encoded":
+                    encoded = data["image"][i]["bytes"]
+                    if not encoded.startswith(JPEG_MAGIC):
+                        raise ShardError(
+                            f"{unit.file}: row group {unit.row_group} row {i}: the image is not a JPEG; only "
+                            "JPEG is decoded on the device (use decode: workers, or shards written with "
+                            "--image-format jpeg)"
+                        )
+                    item["image_bytes"] = torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
+                elif self.decode_images:
                     where = f"{unit.file}: row group {unit.row_group} row {i}"
                     try:
                         pixels = decode_image(data["image"][i]["bytes"])
@@ -374,7 +396,10 @@ class ShardDataset(IterableDataset):
                             f"{where}: image is {pixels.shape[1]}x{pixels.shape[0]}, the dataset's first is "
                             f"{shape[1]}x{shape[0]}; run `facesynth verify`"
                         )
-                    item["image"] = image_to_tensor(pixels)
+                    if self.image_output == "uint8":
+                        item["image"] = torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1)
+                    else:
+                        item["image"] = image_to_tensor(pixels)
                 for column in self.columns:
                     value = data[column][i]
                     if column == "embedding" and value is not None:

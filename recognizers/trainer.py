@@ -11,6 +11,9 @@ Data: one or more shard folders (real or synthetic) streamed by
 :class:`~facesynth.core.shard_reader.ShardDataset`, split by rank and worker. Each folder's
 labels are shifted past the previous folders' so mixed datasets keep distinct classes; the number of
 classes is read from the label columns. Images are resized to the backbone's input size on the fly.
+Images are decoded in the DataLoader workers or, for JPEG shards, batched on the training device
+(``decode``); :mod:`facesynth.recognizers.input_pipeline` is that path (pinned, non-blocking copies on
+CUDA, worker count from the node's cores).
 
 Run folder (``output_dir``):
 
@@ -49,7 +52,15 @@ from facesynth.core.config import StageConfig
 from facesynth.core.errors import ConfigError, FacesynthError, ShardError
 from facesynth.core.optim_groups import TrainerOptimizer, build_optimizers, set_learning_rates
 from facesynth.core.shard_reader import ShardDataset, sources_have_column
-from facesynth.core.training_run import Throughput, TrainingRun, exact_batches
+from facesynth.core.training_run import Throughput, TrainingRun
+from facesynth.recognizers.input_pipeline import (
+    batch_to_device,
+    check_device_decoding,
+    default_num_workers,
+    exact_batches,
+    make_loader,
+    shard_dataset,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +106,29 @@ class RecognizerTrainConfig(StageConfig):
         description="random translation of up to this many input pixels (reflect padding); 0 = off as in "
         "arcface_torch, a few pixels help small datasets",
     )
-    num_workers: int = Field(default=2, ge=0, description="DataLoader worker processes per training process")
+    num_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="DataLoader worker processes per training process; None: 2 on CPU, on CUDA the node's "
+        "cores per process less one, at most 12 (input_pipeline.default_num_workers)",
+    )
+    decode: Literal["workers", "device"] = Field(
+        default="workers",
+        description="where images are decoded: 'workers' (Pillow in the DataLoader workers, any format) or "
+        "'device' (JPEG only: batched torchvision.io.decode_jpeg on the training device, nvJPEG on CUDA; "
+        "needs the gpu extra)",
+    )
+    prefetch_factor: int | None = Field(
+        default=None, ge=1, description="batches each worker loads ahead; None: torch's default (2)"
+    )
+    channels_last: bool = Field(
+        default=False, description="channels-last model and inputs (faster convolutions on recent GPUs)"
+    )
+    model_only: bool = Field(
+        default=False,
+        description="benchmark: train every step on the first batch, kept on the device (the model's speed "
+        "without the input pipeline; the weights are of no use)",
+    )
     buffer_size: int = Field(default=1000, ge=1, description="rows in the streaming shuffle buffer")
     seed: int = Field(default=2048, description="seed of weights, data order and augmentation")
     checkpoint_every: int = Field(
@@ -289,6 +322,11 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
     ) as run:
         accelerator, rank, world, device = run.accelerator, run.rank, run.world, run.accelerator.device
         sources, offsets, num_classes = resolve_sources(config.data)
+        if config.decode == "device":
+            check_device_decoding(sources)
+        num_workers = config.num_workers
+        if num_workers is None:
+            num_workers = default_num_workers(device)
 
         # the model starts identical on every process; each process's class centres differ
         set_seed(config.seed)
@@ -305,8 +343,9 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
         # methods that use per-face landmarks (DuetFace's ROI) get them where every shard stores them
         use_landmarks = getattr(method, "uses_landmarks", False) and sources_have_column(sources, "landmarks")
 
-        dataset = ShardDataset(
+        dataset = shard_dataset(
             sources,
+            config.decode,
             rank=rank,
             world_size=world,
             shuffle=True,
@@ -333,6 +372,8 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
             method.named_parameters(), method.optimizer_groups(), settings, extra_groups=[[partial_fc.weight]]
         )
         model_params = [p for p in method.parameters() if p.requires_grad]
+        if config.channels_last:
+            method.to(memory_format=torch.channels_last)
         method, *optimizers = accelerator.prepare(method, *optimizers)
 
         # checkpoints: accelerate's state + this process's class centres (they differ per process)
@@ -352,9 +393,9 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
         start_step = step
         logger.info(
             "training %s/%s on %d classes, %d steps (%d per epoch), %d process(es), batch %d each"
-            " x %d accumulation step(s)",
+            " x %d accumulation step(s); %d loader worker(s), decoding on the %s",
             *(config.method, config.backbone, num_classes, total_steps, steps_per_epoch, world),
-            *(config.batch_size, accumulate),
+            *(config.batch_size, accumulate, num_workers, config.decode),
         )
         benchmark_sets = _load_benchmarks(config.benchmarks) if run.is_main else []
         evaluations: list[dict[str, Any]] = []
@@ -383,16 +424,25 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
             total=total_steps, initial=step, disable=not (run.is_main and config.progress), unit="step"
         )
         meter = Throughput()
+        fixed_batch = None
         while step < total_steps:
             dataset.set_epoch(epoch)
-            loader = DataLoader(
+            loader = make_loader(
                 dataset,
                 batch_size=config.batch_size,
-                num_workers=config.num_workers,
-                pin_memory=device.type == "cuda",
-                generator=torch.Generator().manual_seed(config.seed * 1000 + epoch),
+                num_workers=num_workers,
+                device=device,
+                seed=config.seed * 1000 + epoch,
+                prefetch_factor=config.prefetch_factor,
             )
             batches = exact_batches(loader, config.batch_size)
+            if config.model_only:  # the first batch, on the device, at every step: no input pipeline
+                if fixed_batch is None:
+                    first = next(batches)
+                    fixed_batch = {**batch_to_device(first, device), "device_ready": True}
+                    if "landmarks" in first:
+                        fixed_batch["landmarks"] = first["landmarks"]
+                batches = itertools.repeat(fixed_batch)
             for _ in range(batch_in_epoch * accumulate):  # resume mid-epoch: replay the order, skip batches
                 next(batches)
             while batch_in_epoch < steps_per_epoch and step < total_steps:
@@ -403,21 +453,22 @@ def train_recognizer(config: RecognizerTrainConfig) -> TrainResult:
                 terms: dict[str, float] = {}  # the step's mean over its micro-batches, term by term
                 used = 0
                 for batch in itertools.islice(batches, accumulate):
+                    on_device = batch if "device_ready" in batch else batch_to_device(batch, device)
                     extra: dict[str, torch.Tensor] = {}
                     if use_landmarks:  # replay the augmentation's draws on the landmarks
                         replay = torch.Generator().set_state(flip_rng.get_state())
                         extra["landmarks"] = augment_landmarks(
                             batch["landmarks"],
-                            tuple(batch["image"].shape[-2:]),
+                            tuple(on_device["image"].shape[-2:]),
                             input_size,
                             config.flip,
                             replay,
                             config.shift,
                         )
-                    images = augment(
-                        batch["image"].to(device), input_size, config.flip, flip_rng, config.shift
-                    )
-                    labels = batch["label"].to(device)
+                    images = augment(on_device["image"], input_size, config.flip, flip_rng, config.shift)
+                    if config.channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    labels = on_device["label"]
                     used += 1
                     # gradients sync across processes only on the step's last batch
                     with accelerator.no_sync(method) if used < accumulate else contextlib.nullcontext():
