@@ -93,6 +93,32 @@ RECIPES: dict[str, dict[str, Any]] = {
         "kappa": 30.0,
         "seeds": [0],
     },
+    "cpu": {
+        # the largest recipe a 2-core CPU affords (benchmarks/results/ablation_id3_cpu.txt): the sets,
+        # encoders and ID3 settings of probe_id3_condition, whose 1,500-step model draws the identity it
+        # is given (id_cos under B 0.39 on unseen identities vs 0.04 for impostors)
+        "sets": {
+            "enc_a": (300, 8, 101),
+            "enc_b": (300, 8, 202),
+            "id3_train": (1000, 4, 303),
+            "test": (100, 4, 505),
+        },
+        "encoder_steps": 800,
+        "id3_steps": 1500,
+        "id3_lr": 1e-3,
+        "id3_warmup": 150,
+        "ema_decay": 0.995,
+        "id3_buffer": 1024,
+        "batch_size": 32,
+        "fr_steps": 600,
+        "generated": (100, 8),
+        "image_size": 16,
+        "unet_preset": "tiny",
+        "fr_input_size": 32,
+        "sample_steps": 20,
+        "kappa": 30.0,
+        "seeds": [0, 1, 2],
+    },
     "full": {
         # >= 2,000 identities for ID3 (issue 14.1); 32 px pixel space, small UNet
         "sets": {
@@ -151,6 +177,14 @@ ROW_SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
 MODELS = {"full": {}, "no_id_loss": {"loss": {"lambda_id": 0.0}}, "no_attributes": {"use_attributes": False}}
 
 
+def fr_once(data: Path, out: Path, steps: int, seed: int, size: int) -> Path:
+    """``train_fr`` unless ``out`` holds a finished recognizer (a rerun resumes a long table)."""
+    if (out / "backbone.safetensors").exists():
+        logger.info("%s: reusing the trained recognizer", out)
+        return out
+    return train_fr(data, out, steps, seed, size, export_onnx=False)
+
+
 def folder_name(row: str) -> str:
     """A row's folder: no dots, which core.locks would read as a file suffix ("band_0.5_0.7")."""
     return row.replace(".", "")
@@ -173,21 +207,24 @@ def train_model(
         identity_encoder=f"torch:{encoder_dir}",
         batch_size=recipe.get("batch_size", 16),
         mixed_precision=recipe.get("mixed_precision", "no"),
-        lr=3e-4,
-        lr_warmup_steps=min(500, steps // 10),
+        lr=recipe.get("id3_lr", 3e-4),
+        lr_warmup_steps=recipe.get("id3_warmup", min(500, steps // 10)),
         max_steps=steps,
-        ema_decay=0.999 if steps >= 5000 else 0.99,
+        ema_decay=recipe.get("ema_decay", 0.999 if steps >= 5000 else 0.99),
         checkpoint_every=0,
         sample_every=0,
         sample_count=16,
         sample_steps=recipe["sample_steps"],
         log_every=max(1, steps // 20),
         num_workers=0,
-        buffer_size=256,
+        buffer_size=recipe.get("id3_buffer", 256),
         progress=False,
         seed=seed,
     )
     settings.update(changes)
+    if (out / "pipeline" / "model_index.json").exists():  # finished by an earlier run: reuse it
+        logger.info("%s: reusing the trained pipeline", out)
+        return out / "pipeline"
     return train_id3(ID3TrainConfig.from_mapping(settings)).pipeline_dir
 
 
@@ -276,11 +313,24 @@ def downstream(encoder: Any, test: dict[str, Any], seed: int = 0) -> dict[str, f
     }
 
 
-def run(out: Path, recipe_name: str, threads: int = 1, seeds: list[int] | None = None) -> dict[str, Any]:
+def run(
+    out: Path,
+    recipe_name: str,
+    threads: int = 1,
+    seeds: list[int] | None = None,
+    rows: list[str] | None = None,
+) -> dict[str, Any]:
+    """Every stage of ``recipe_name`` for ``seeds`` and ``rows`` (default: the recipe's seeds, all rows).
+
+    Finished datasets, encoders, ID3 models and recognizers under ``out`` are reused, so an
+    interrupted run resumes and a partial table (``rows``) can be completed later.
+    """
     from facesynth.recognizers.encoders import load_encoder
 
     recipe = RECIPES[recipe_name]
     seeds = seeds if seeds is not None else list(recipe["seeds"])
+    rows = [row for row in ROWS if row in rows] if rows else list(ROWS)
+    needed = {ROW_SETTINGS[row][0] for row in rows if row != "renderer"}
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -301,28 +351,30 @@ def run(out: Path, recipe_name: str, threads: int = 1, seeds: list[int] | None =
     identities, per_identity = recipe["generated"]
     t = lap("render", t)
     size = recipe["fr_input_size"]
-    enc_a = train_fr(data["enc_a"], out / "encoder_A", recipe["encoder_steps"], 1, size, export_onnx=False)
-    enc_b = train_fr(data["enc_b"], out / "encoder_B", recipe["encoder_steps"], 2, size, export_onnx=False)
+    enc_a = fr_once(data["enc_a"], out / "encoder_A", recipe["encoder_steps"], 1, size)
+    enc_b = fr_once(data["enc_b"], out / "encoder_B", recipe["encoder_steps"], 2, size)
     count("encoders", enc_a, FR_BATCH)
     count("encoders", enc_b, FR_BATCH)
     encoder_a, encoder_b = load_encoder(f"torch:{enc_a}"), load_encoder(f"torch:{enc_b}")
     t = lap("encoders", t)
     train_rows = load_rows(data["id3_train"])
-    conditioned = write_conditioned(
-        train_rows, embed(encoder_a, train_rows["images"]), out / "data" / "id3_train_A"
-    )
+    conditioned = out / "data" / "id3_train_A"
+    if not (conditioned / "facesynth.json").exists():
+        write_conditioned(train_rows, embed(encoder_a, train_rows["images"]), conditioned)
     test = load_rows(data["test"])
     t = lap("condition", t)
 
-    per_seed: dict[str, list[dict[str, float]]] = {row: [] for row in ROWS}
+    per_seed: dict[str, list[dict[str, float]]] = {row: [] for row in rows}
     for seed in seeds:
         run_dir = out / f"seed{seed}"
         models = {}
         for name, changes in MODELS.items():
+            if name not in needed:
+                continue
             models[name] = train_model(conditioned, run_dir / f"id3_{name}", enc_a, recipe, seed, **changes)
             count("id3_training", run_dir / f"id3_{name}", recipe.get("batch_size", 16))
             t = lap("id3_training", t)
-        for row in ROWS:
+        for row in rows:
             if row == "renderer":
                 folder = render(run_dir, "renderer", identities, per_identity, 900 + seed)
             else:
@@ -338,14 +390,7 @@ def run(out: Path, recipe_name: str, threads: int = 1, seeds: list[int] | None =
                 )
             t = lap("generate", t)
             stats = row_statistics(load_rows(folder), encoder_b)
-            fr_dir = train_fr(
-                folder,
-                run_dir / f"fr_{folder_name(row)}",
-                recipe["fr_steps"],
-                3 + seed,
-                size,
-                export_onnx=False,
-            )
+            fr_dir = fr_once(folder, run_dir / f"fr_{folder_name(row)}", recipe["fr_steps"], 3 + seed, size)
             count("downstream", fr_dir, FR_BATCH)
             stats.update(downstream(load_encoder(f"torch:{fr_dir}"), test, seed))
             per_seed[row].append(stats)
@@ -434,7 +479,7 @@ def format_table(results: dict[str, Any]) -> str:
         "| row | genuine cos (B) | impostor cos (B) | yaw spread (deg, requested) | accuracy | TAR@FAR=1e-3 |",
         "|---|---|---|---|---|---|",
     ]
-    for row in ROWS:
+    for row in results["table"]:
         cells = results["table"][row]
 
         def cell(key: str, digits: int = 4, cells: dict[str, list[float]] = cells) -> str:
@@ -463,9 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="the smoke recipe (1-2.5 minutes)")
     parser.add_argument("--seeds", type=int, nargs="*", default=None, help="override the recipe's seeds")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--rows", nargs="+", choices=ROWS, default=None, help="only these rows (default: all); reruns reuse"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    results = run(args.out, "smoke" if args.smoke else args.recipe, args.threads, args.seeds)
+    results = run(args.out, "smoke" if args.smoke else args.recipe, args.threads, args.seeds, args.rows)
     print(format_table(results))
     return 0
 

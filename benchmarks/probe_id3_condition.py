@@ -70,7 +70,14 @@ EVAL_IDENTITIES = 60
 
 
 def train_variant(
-    data: Path, out: Path, encoder_dir: Path, steps: int, size: int, batch_size: int, lr: float, **changes: Any
+    data: Path,
+    out: Path,
+    encoder_dir: Path,
+    steps: int,
+    size: int,
+    batch_size: int,
+    lr: float,
+    **changes: Any,
 ) -> Path:
     """One ID3 model on T (tiny UNet, pixel space); returns its pipeline folder."""
     from facesynth.generators.id3_trainer import ID3TrainConfig, train_id3
@@ -107,7 +114,9 @@ def first_identities(rows: dict[str, Any], count: int) -> dict[str, Any]:
     """The rows of the first ``count`` labels (every column filtered alike)."""
     keep = rows["labels"] < count
     return {
-        key: value[keep] if isinstance(value, np.ndarray) else [v for v, k in zip(value, keep) if k]
+        key: value[keep]
+        if isinstance(value, np.ndarray)
+        else [v for v, k in zip(value, keep, strict=True) if k]
         for key, value in rows.items()
     }
 
