@@ -63,6 +63,12 @@ class MinusFace(PrivacyMethod):
         l1_weight: weight of L1(X, d(g(x))) in stage 1 (paper: 5).
         sparsity_weight, sparsity_target: KL sparsity on g's latent (paper: weight 0).
         generator_lr_scale: learning-rate multiplier of g in stage 1 (README: g at 0.1x the LR).
+        generator_residual: our option, not the paper's: g predicts a correction to its input,
+            x' = x + g(x), so the residue starts at -g(x) instead of x. The paper's g must first learn
+            to copy 192 raw DCT channels (DC in the hundreds) before the residue can shed the face; on
+            short budgets it does not (40 steps: L1 flat, the residue keeps the whole DC and stage 2
+            verifies at 0.600), while the residual form regenerates x at once (L1 0.011, DC left 0.3 %).
+            Default False (the paper's form).
         n_dup: shuffles decoded and concatenated per query (3 * n_dup channels reach the server).
         frontend_mode, key_seed, eval_seed: see :class:`~facesynth.privacy.api.PrivacyMethod`.
     """
@@ -84,6 +90,7 @@ class MinusFace(PrivacyMethod):
         sparsity_weight: float = 0.0,
         sparsity_target: float = 0.01,
         generator_lr_scale: float = 0.1,
+        generator_residual: bool = False,
         n_dup: int = 1,
         frontend_mode: str = "tface",
         key_seed: int = 0,
@@ -110,6 +117,7 @@ class MinusFace(PrivacyMethod):
         self.sparsity_weight = float(sparsity_weight)
         self.sparsity_target = float(sparsity_target)
         self.generator_lr_scale = float(generator_lr_scale)
+        self.generator_residual = bool(generator_residual)
         self._last_aux: dict[str, torch.Tensor] = {}
         if stage1_from is not None:
             self.generator.load_state_dict(
@@ -136,6 +144,8 @@ class MinusFace(PrivacyMethod):
         with torch.no_grad():
             x = self.frontend(images)
         regenerated, latent = self.generator(x, return_latent=True)
+        if self.generator_residual:
+            regenerated = x + regenerated
         return x, regenerated, x - regenerated, latent
 
     def protective_image(

@@ -93,3 +93,20 @@ def test_stage1_model_cannot_be_deployed_but_can_be_monitored():
         stage1.protect(images, seed=0)
     # the trainer's evaluation still sees the recognizer on the (un-shuffled) residue
     assert stage1.embed(images).shape == (2, stage1.embedding_size)
+
+
+def test_residual_generator_regenerates_the_face_before_any_training():
+    # the paper's g starts far from x, so the residue starts as the whole face (DC included); the
+    # residual option (x' = x + g(x)) starts with x' close to x and a residue that has shed the DC
+    images, labels = _faces(4), torch.arange(4)
+    losses, dc_left = {}, {}
+    for residual in (False, True):
+        method = _method(stage=1, generator_residual=residual).train()
+        _, aux = method(images, labels)
+        losses[residual] = aux["minusface_l1"].item()
+        x, _, residue, _ = method.residue(images)
+        dc = [0, 64, 128]
+        dc_left[residual] = (residue[:, dc].abs().mean() / x[:, dc].abs().mean()).item()
+    assert losses[True] < 0.2 * losses[False]
+    assert dc_left[False] > 0.5 and dc_left[True] < 0.05
+    assert _method(stage=1, generator_residual=True).config["generator_residual"] is True
