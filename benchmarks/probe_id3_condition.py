@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from facesynth.benchmarks.ablation_id3_parametric import RECIPES, train_model
 from facesynth.benchmarks.experiment_id3_parametric import (
     embed,
     id_cos_rows,
@@ -79,35 +80,16 @@ def train_variant(
     lr: float,
     **changes: Any,
 ) -> Path:
-    """One ID3 model on T (tiny UNet, pixel space); returns its pipeline folder."""
-    from facesynth.generators.id3_trainer import ID3TrainConfig, train_id3
-
-    settings: dict[str, Any] = dict(
-        data=[str(data)],
-        output_dir=str(out),
-        image_size=size,
-        unet_preset="tiny",
-        hidden_dims=(256, 256),
-        cross_attention_dim=256,
-        identity_encoder=f"torch:{encoder_dir}",
-        condition_dropout=0.0,
-        batch_size=batch_size,
-        lr=lr,
-        lr_warmup_steps=min(200, steps // 10),
-        max_steps=steps,
-        ema_decay=0.995,
-        checkpoint_every=0,
-        sample_every=max(1, steps // 3),
-        sample_count=16,
-        sample_steps=20,
-        log_every=max(1, steps // 20),
-        num_workers=0,
-        buffer_size=1024,
-        progress=False,
-        seed=0,
-    )
-    settings.update(changes)
-    return train_id3(ID3TrainConfig.from_mapping(settings)).pipeline_dir
+    """One ID3 model on T with the ablation's ``cpu`` settings at this size and budget (pipeline folder)."""
+    recipe = {
+        **RECIPES["cpu"],
+        "id3_steps": steps,
+        "image_size": size,
+        "batch_size": batch_size,
+        "id3_lr": lr,
+        "id3_warmup": min(200, steps // 10),
+    }
+    return train_model(data, out, encoder_dir, recipe, 0, sample_every=max(1, steps // 3), **changes)
 
 
 def first_identities(rows: dict[str, Any], count: int) -> dict[str, Any]:
