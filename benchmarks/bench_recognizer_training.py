@@ -75,12 +75,8 @@ def loader_alone(
     (worker start-up included, as the trainer pays it every epoch). Otherwise ``steps`` batches are timed
     once every worker delivers (steady state).
     """
-    from facesynth.recognizers.input_pipeline import (
-        batch_to_device,
-        exact_batches,
-        make_loader,
-        shard_dataset,
-    )
+    from facesynth.core.training_run import exact_batches
+    from facesynth.recognizers.input_pipeline import batch_to_device, make_loader, shard_dataset
     from facesynth.recognizers.trainer import resolve_sources
 
     sources, offsets, _ = resolve_sources([data])

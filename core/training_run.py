@@ -48,18 +48,31 @@ def checkpoint_name(step: int) -> str:
     return f"checkpoint-{step}"
 
 
+def _concat_rows(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Concatenate along rows; (B, L) padded byte tensors of different widths are padded to the wider."""
+    if first.dim() == 2 and first.dtype == torch.uint8 and first.shape[1] != second.shape[1]:
+        width = max(first.shape[1], second.shape[1])
+        first, second = (torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in (first, second))
+    return torch.cat([first, second])
+
+
 def exact_batches(loader: Iterable[dict[str, Any]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Re-cut a loader's batches into exactly ``batch_size`` rows (the remainder is dropped).
+    """Re-cut the loader's worker batches into exactly ``batch_size`` rows (the remainder is dropped).
 
     With an IterableDataset each DataLoader worker batches its own rows, so ``drop_last`` would drop a
     partial batch per worker; merging them keeps ``rows // batch_size`` batches per epoch, which an
     exact resume (replay the epoch, skip consumed batches), Partial FC's equal-batch rule and the even
-    per-rank split need. Only tensor entries (first dimension = rows) are kept.
+    per-rank split need. Only tensor entries (first dimension = rows) are kept. A worker batch that
+    already has ``batch_size`` rows is passed on as it is (still pinned, no copy), and encoded-image
+    batches of different padded widths can be joined.
     """
     pending: dict[str, torch.Tensor] | None = None
     for batch in loader:
         part = {k: v for k, v in batch.items() if torch.is_tensor(v)}
-        pending = part if pending is None else {k: torch.cat([pending[k], part[k]]) for k in part}
+        if pending is None or next(iter(pending.values())).shape[0] == 0:
+            pending = part
+        else:
+            pending = {k: _concat_rows(pending[k], part[k]) for k in part}
         while next(iter(pending.values())).shape[0] >= batch_size:
             yield {k: v[:batch_size] for k, v in pending.items()}
             pending = {k: v[batch_size:] for k, v in pending.items()}

@@ -11,7 +11,7 @@ Two places can decode the stored JPEG/PNG images (the trainer's ``decode`` optio
   the ``gpu`` extra installs it). JPEG only: a PNG row is refused with the fix named.
 
 On CUDA, batches arrive in pinned memory (the DataLoader's ``pin_memory``) and are copied with
-``non_blocking=True``; :func:`exact_batches` keeps them pinned (it re-cuts worker batches without copying
+``non_blocking=True``; :func:`~facesynth.core.training_run.exact_batches` keeps them pinned (it re-cuts worker batches without copying
 a batch that already has the right size).
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import pyarrow.parquet as pq
@@ -94,33 +94,6 @@ def make_loader(
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )
-
-
-def _concat_rows(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """Concatenate along rows; (B, L) padded byte tensors of different widths are padded to the wider."""
-    if first.dim() == 2 and first.dtype == torch.uint8 and first.shape[1] != second.shape[1]:
-        width = max(first.shape[1], second.shape[1])
-        first, second = (torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in (first, second))
-    return torch.cat([first, second])
-
-
-def exact_batches(loader: Iterable[dict[str, Any]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Re-cut the loader's worker batches into exactly ``batch_size`` rows (the remainder is dropped).
-
-    The same rows in the same order as :func:`facesynth.core.training_run.exact_batches`; in addition,
-    a worker batch that already has ``batch_size`` rows is passed on as it is (still pinned, no copy),
-    and encoded-image batches of different padded widths can be joined.
-    """
-    pending: dict[str, torch.Tensor] | None = None
-    for batch in loader:
-        part = {k: v for k, v in batch.items() if torch.is_tensor(v)}
-        if pending is None or next(iter(pending.values())).shape[0] == 0:
-            pending = part
-        else:
-            pending = {k: _concat_rows(pending[k], part[k]) for k in part}
-        while next(iter(pending.values())).shape[0] >= batch_size:
-            yield {k: v[:batch_size] for k, v in pending.items()}
-            pending = {k: v[batch_size:] for k, v in pending.items()}
 
 
 JpegDecoder = Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]

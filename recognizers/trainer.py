@@ -52,12 +52,11 @@ from facesynth.core.config import StageConfig
 from facesynth.core.errors import ConfigError, FacesynthError, ShardError
 from facesynth.core.optim_groups import TrainerOptimizer, build_optimizers, set_learning_rates
 from facesynth.core.shard_reader import ShardDataset, sources_have_column
-from facesynth.core.training_run import Throughput, TrainingRun
+from facesynth.core.training_run import Throughput, TrainingRun, exact_batches
 from facesynth.recognizers.input_pipeline import (
     batch_to_device,
     check_device_decoding,
     default_num_workers,
-    exact_batches,
     make_loader,
     shard_dataset,
 )

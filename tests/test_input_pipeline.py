@@ -15,13 +15,13 @@ from facesynth.core.errors import ConfigError, ShardError
 from facesynth.core.manifest import write_shard_dataset
 from facesynth.core.shard_format import ShardRow, decode_image, encode_image
 from facesynth.core.shard_reader import ShardDataset, dataset_files
+from facesynth.core.training_run import exact_batches
 from facesynth.recognizers import input_pipeline
 from facesynth.recognizers.input_pipeline import (
     batch_to_device,
     check_device_decoding,
     collate_rows,
     default_num_workers,
-    exact_batches,
     shard_dataset,
 )
 from facesynth.recognizers.trainer import train_recognizer
