@@ -407,7 +407,8 @@ def run(
         "timings_s": timings,
     }
     results["compute_s"] = {k: round(v, 1) for k, v in compute.items()}
-    results["expected_full_hours"] = expected_hours(timings, compute, recipe_name, len(seeds))
+    if rows == list(ROWS):  # a partial table's stage times do not scale to the full recipe
+        results["expected_full_hours"] = expected_hours(timings, compute, recipe_name, len(seeds))
     (out / "ablation.json").write_text(json.dumps(results, indent=2))
     (out / "ablation.md").write_text(format_table(results))
     return results
@@ -433,6 +434,8 @@ def expected_hours(
     timings: dict[str, float], compute: dict[str, float], source: str, seeds_run: int, target: str = "full"
 ) -> float:
     """The ``target`` recipe's wall time, scaled from a run of ``source`` on this machine.
+
+    Stages reused from an earlier run cost nothing here, so a resumed run underestimates.
 
     Training stages are split into start-up/saving (kept as measured, per call) and compute (scaled
     by steps x batch x pixels); the other stages scale with their image counts (x sampling steps x
