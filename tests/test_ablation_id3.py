@@ -66,3 +66,24 @@ def test_ablation_smoke_fills_the_table(tmp_path, capsys):
     assert 0 < results["expected_full_hours"] < math.inf
     assert "| band_0.5_0.7 |" in (tmp_path / "ablation.md").read_text()
     assert "expected wall time" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_partial_table_then_rerun_reuses_every_trained_stage(tmp_path, monkeypatch):
+    from facesynth.benchmarks import ablation_id3_parametric as ablation
+    from facesynth.generators import id3_trainer
+
+    assert main(["--smoke", "--rows", "full", "renderer", "--out", str(tmp_path)]) == 0
+    first = json.loads((tmp_path / "ablation.json").read_text())
+    assert set(first["table"]) == {"full", "renderer"}
+    assert "expected_full_hours" not in first  # a partial table does not scale to the full recipe
+    assert not (tmp_path / "seed0" / "id3_no_id_loss").exists()  # only the models the rows need
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished stage was trained again")
+
+    monkeypatch.setattr(id3_trainer, "train_id3", must_not_train)
+    monkeypatch.setattr(ablation, "train_fr", must_not_train)
+    assert main(["--smoke", "--rows", "full", "renderer", "--out", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / "ablation.json").read_text())
+    assert again["table"]["full"]["accuracy"] == first["table"]["full"]["accuracy"]
