@@ -30,6 +30,10 @@ from facesynth.core.errors import ConfigError
 from facesynth.pipelines.run_graph import PlannedStage, StageSpec, execute, plan_run
 
 logger = logging.getLogger(__name__)
+# The runner's own lines (stage progress, result tables) go to the terminal by print and to run.log by
+# this logger, which does not propagate: the root handler would print each line a second time.
+progress_logger = logging.getLogger(f"{__name__}.progress")
+progress_logger.propagate = False
 
 LEGACY_SECTIONS = ("train_data", "eval_data", "pairs", "train_recognizer", "bench", "quality", "card")
 
@@ -202,9 +206,11 @@ def run_pipeline(
     if package_logger.getEffectiveLevel() > logging.INFO:
         package_logger.setLevel(logging.INFO)
     package_logger.addHandler(handler)
+    progress_logger.addHandler(handler)
+    progress_logger.setLevel(logging.INFO)
 
     def say(line: str) -> None:
-        logger.info(line)
+        progress_logger.info(line)
         (echo or print)(line)
 
     started = time.perf_counter()
@@ -239,6 +245,7 @@ def run_pipeline(
         raise
     finally:
         package_logger.removeHandler(handler)
+        progress_logger.removeHandler(handler)
         package_logger.setLevel(old_level)
         handler.close()
     return records

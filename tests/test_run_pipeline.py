@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -241,8 +243,17 @@ def test_demo_graph_at_smoke_size_then_rerun_then_one_change(tmp_path, capsys):
     assert "[15/15] publish" in log and "Verification: bench" in log
 
     lines.clear()
-    run_pipeline(config, show_progress=False, echo=lines.append)
+    terminal_log = io.StringIO()  # what a root logging handler (the CLI's, on stderr) would show
+    root_handler = logging.StreamHandler(terminal_log)
+    logging.getLogger().addHandler(root_handler)
+    try:
+        run_pipeline(config, show_progress=False, echo=lines.append)
+    finally:
+        logging.getLogger().removeHandler(root_handler)
     assert sum("done earlier, skipped" in line for line in lines) == 15
+    # each progress line reaches the terminal once: echoed, not also through the root logger
+    assert "done earlier, skipped" not in terminal_log.getvalue()
+    assert (run_dir / "run.log").read_text().count("[15/15] publish") == 3  # run 1: running, done; rerun: skipped
 
     lines.clear()
     changed = load_run_config(
