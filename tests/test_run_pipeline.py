@@ -253,7 +253,8 @@ def test_demo_graph_at_smoke_size_then_rerun_then_one_change(tmp_path, capsys):
     assert sum("done earlier, skipped" in line for line in lines) == 15
     # each progress line reaches the terminal once: echoed, not also through the root logger
     assert "done earlier, skipped" not in terminal_log.getvalue()
-    assert (run_dir / "run.log").read_text().count("[15/15] publish") == 3  # run 1: running, done; rerun: skipped
+    # run.log holds each line once: run 1 "running" and "done", the rerun "skipped"
+    assert (run_dir / "run.log").read_text().count("[15/15] publish") == 3
 
     lines.clear()
     changed = load_run_config(
