@@ -143,6 +143,29 @@ def test_cycle_is_refused_naming_stage_and_field(tmp_path):
 # the real stage kinds and the shipped recipes
 
 
+def test_printed_demo_recipe_reuses_the_demo_and_a_change_reruns_only_downstream(tmp_path, capsys):
+    """The README's `run --print-recipe demo > my_run.yaml` then `run my_run.yaml --run-dir runs/demo --set
+    stages.id3.settings.max_steps=1500`: the printed file plans the demo's own hashes, and the change
+    touches id3 and exactly the stages downstream of it."""
+    assert main(["run", "--print-recipe", "demo"]) == 0
+    my_run = tmp_path / "my_run.yaml"
+    my_run.write_text(capsys.readouterr().out)
+    demo = {s.name: s.digest for s in plan(load_run_config(None, {"run_dir": tmp_path / "demo"}))}
+    printed = {s.name: s.digest for s in plan(load_run_config(my_run, {"run_dir": tmp_path / "demo"}))}
+    assert printed == demo
+    changed_config = load_run_config(
+        my_run, {"run_dir": tmp_path / "demo"}, settings=["stages.id3.settings.max_steps=1500"]
+    )
+    changed = {s.name: s for s in plan(changed_config)}
+    rerun = {name for name, stage in changed.items() if stage.digest != demo[name]}
+    downstream = {"id3"}
+    for name, stage in changed.items():  # plan order is dependency order
+        if downstream & set(stage.upstream):
+            downstream.add(name)
+    assert rerun == downstream
+    assert {"real_faces", "face_encoder", "real_shards", "unseen_faces", "unseen_pairs"}.isdisjoint(rerun)
+
+
 @pytest.mark.parametrize("name", ["demo", "orl", "privacy-comparison", "paper-scale"])
 def test_recipes_ship_and_validate(tmp_path, name):
     assert name in recipe_names()
