@@ -94,6 +94,27 @@ def load_faces(
     return stacked, identities
 
 
+def resize_faces(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Faces (B, 3, H, W) at ``size`` (H, W), resized as the trainer and the encoders do (bilinear, antialiased)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return torch.nn.functional.interpolate(
+        images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True
+    )
+
+
+class AtInputSize(torch.nn.Module):
+    """A differentiable encoder module that first resizes its input to the size it was trained at."""
+
+    def __init__(self, module: torch.nn.Module, size: Sequence[int] | None):
+        super().__init__()
+        self.module = module
+        self.size = None if size is None else tuple(size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images if self.size is None else resize_faces(images, self.size))
+
+
 def split_by_identity(
     images: torch.Tensor, identities: Sequence[str], fraction: float
 ) -> tuple[tuple[torch.Tensor, list[str]], tuple[torch.Tensor, list[str]]]:
@@ -251,6 +272,17 @@ def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
         target: Any = RGB_TARGET
     else:
         target = load_privacy_method(config.target, config.device)
+        if tuple(public.shape[-2:]) != tuple(target.input_size):
+            # the client protects faces at the model's input size, so that is what the attacker recovers
+            logger.info(
+                "attack: faces resized from %s to the target's input size %s",
+                public.shape[-2:],
+                target.input_size,
+            )
+            public, victims = (
+                resize_faces(public, target.input_size),
+                resize_faces(victims, target.input_size),
+            )
     protect_fn, description = target_protect_fn(target, config.device)
 
     embed = identity_module = None
@@ -258,13 +290,17 @@ def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
         from facesynth.recognizers.encoders import load_encoder
 
         encoder = load_encoder(config.encoder, device=config.device)
-        embed = encoder.embed
+        size = encoder.input_size
+
+        def embed(images: torch.Tensor) -> torch.Tensor:  # the encoder sees faces at its own input size
+            return encoder.embed(images if size is None else resize_faces(images, size))
+
         if config.identity_weight > 0:
             if not getattr(encoder, "differentiable", False):
                 raise FacesynthError(
                     f"identity_weight > 0 needs a differentiable (torch:) encoder, got {config.encoder}"
                 )
-            identity_module = encoder.model
+            identity_module = AtInputSize(encoder.model, size)
     elif config.identity_weight > 0:
         raise FacesynthError("identity_weight > 0 needs an encoder")
 

@@ -285,3 +285,29 @@ def test_attack_command_multi_query_on_a_randomised_target(tmp_path):
     assert report["multi_query"]["k"] == [1, 2]
     assert set(report["multi_query"]["by_k"]["2"]) >= {"decoder", "no_information"}
     assert "## Multi-query attacks" in (out / "attack.md").read_text()
+
+
+def test_attack_on_a_small_input_target_with_112_faces_and_a_112_encoder(tmp_path):
+    """The README's attack: a 32 px privacy model, 112 px dataset faces, a 112 px evaluator. The client
+    protects faces at the model's input size, so the attack recovers those; the evaluator (and the
+    identity loss) see them at the encoder's own size. It used to stop at the frontend's shape check."""
+    import json
+
+    from facesynth.pipelines.cli import main
+    from facesynth.privacy.api import build_privacy_method
+    from facesynth.recognizers.backbones import build_backbone, save_backbone
+    from facesynth.recognizers.methods import save_method
+
+    data = _write_faces(tmp_path / "faces", [f"id{i}" for i in range(4)])
+    save_method(build_privacy_method("partialface", "tiny", {"input_size": [32, 32]}), tmp_path / "pf")
+    torch.manual_seed(0)
+    encoder = save_backbone(build_backbone("tiny"), tmp_path / "encoder")  # 112 x 112 input
+    out = tmp_path / "report"
+    args = ["attack", "--target", str(tmp_path / "pf"), "--public", str(data), "--out", str(out)]
+    args += ["--encoder", f"torch:{encoder}", "--identity-weight", "0.1"]
+    args += ["--decoder-steps", "2", "--decoder-widths", "4", "8", "--batch-size", "4", "--no-progress"]
+    assert main(args) == 0
+    report = json.loads((out / "attack.json").read_text())
+    assert report["target"]["method"] == "partialface"
+    for attacker in ("decoder", "ridge", "no_information"):
+        assert math.isfinite(report["attackers"][attacker]["identity_leakage"])
