@@ -276,7 +276,7 @@ def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
             # the client protects faces at the model's input size, so that is what the attacker recovers
             logger.info(
                 "attack: faces resized from %s to the target's input size %s",
-                public.shape[-2:],
+                tuple(public.shape[-2:]),
                 target.input_size,
             )
             public, victims = (

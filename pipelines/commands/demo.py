@@ -11,7 +11,7 @@ encoder trained on them, ingest with embeddings and attributes, a small ID3 trai
 dataset of new identities, a recognizer and a DCTDP privacy variant trained on it, verification on
 unseen identities, a recovery attack on the DCTDP model, dataset quality, dataset and model cards,
 a dry-run publish. Ends with RUN_DIR/report.md and report.html and the result table printed here.
-About 12 minutes on 2 CPU cores; --quick runs the same graph at CI size (under 3 minutes).
+About 14 minutes on 2 idle CPU cores; --quick runs the same graph at CI size (under 3 minutes).
 Rerunning resumes; `facesynth run --print-recipe demo` shows the settings.
 
 examples:
