@@ -21,6 +21,7 @@ from pydantic import Field
 
 from facesynth.core.config import StageConfig
 from facesynth.core.errors import FacesynthError
+from facesynth.recognizers.encoders import resize_faces
 
 logger = logging.getLogger(__name__)
 
@@ -92,15 +93,6 @@ def load_faces(
         stacked = stacked[keep]
         identities = [identities[int(i)] for i in keep]
     return stacked, identities
-
-
-def resize_faces(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Faces (B, 3, H, W) at ``size`` (H, W), resized as the trainer and the encoders do (bilinear, antialiased)."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    return torch.nn.functional.interpolate(
-        images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True
-    )
 
 
 class AtInputSize(torch.nn.Module):

@@ -38,6 +38,15 @@ from torch import nn
 from facesynth.core.errors import FacesynthError
 
 
+def resize_faces(images: torch.Tensor, size: tuple[int, int] | list[int]) -> torch.Tensor:
+    """Faces (B, 3, H, W) at ``size`` (H, W): bilinear and antialiased, as the trainer resizes them."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return nn.functional.interpolate(
+        images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True
+    )
+
+
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) float32 in [-1, 1]."""
     array = np.asarray(images)
@@ -123,9 +132,7 @@ class IdentityEncoder(ABC):
             or images.shape[3] < size[1]
         ):
             return images
-        return torch.nn.functional.interpolate(
-            images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True
-        )
+        return resize_faces(images, size)
 
     def _check(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
