@@ -73,6 +73,7 @@ from facesynth.generators.registry import (
     checked_dataset_args,
     register_generator,
 )
+from facesynth.recognizers.encoders import resize_faces
 
 logger = logging.getLogger(__name__)
 
@@ -303,11 +304,7 @@ class ID3Generator(FaceGenerator):
     @staticmethod
     def _to_uint8(images: torch.Tensor) -> np.ndarray:
         """(B, 3, H, W) in [0, 1] -> (B, 112, 112, 3) uint8, antialiased resize when H, W != 112."""
-        images = images.float()
-        if tuple(images.shape[-2:]) != (IMAGE_SIZE, IMAGE_SIZE):
-            images = torch.nn.functional.interpolate(
-                images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False
-            )
+        images = resize_faces(images.float(), (IMAGE_SIZE, IMAGE_SIZE))
         pixels = (images.clamp(0, 1) * 255.0).round().to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).contiguous().numpy()
 

@@ -55,6 +55,7 @@ from facesynth.generators.attributes import (
 from facesynth.generators.id3_condition_encoder import ID3ConditionEncoder
 from facesynth.generators.id3_loss import ID3LossConfig, id3_loss, require_differentiable
 from facesynth.generators.id3_unet import build_id3_unet
+from facesynth.recognizers.encoders import resize_faces
 
 logger = logging.getLogger("facesynth.id3_trainer")
 
@@ -390,9 +391,7 @@ def train_id3(config: ID3TrainConfig, identity_encoder: Any | None = None) -> ID
             totals["filled"] += int(batch["filled"].sum())
             totals["renormalised"] += int(batch["renormalised"].sum())
             images = batch["image"].to(device)
-            if images.shape[-1] != config.image_size:
-                size = (config.image_size, config.image_size)
-                images = F.interpolate(images, size=size, mode="bilinear", antialias=True)
+            images = resize_faces(images, (config.image_size, config.image_size))
             y = batch["embedding"].to(device)
             s = normalize_attributes(batch["attributes"], check=False).to(device)
             with accelerator.accumulate(unet, condition_encoder), accelerator.autocast():

@@ -53,6 +53,7 @@ from facesynth.core.errors import ConfigError, FacesynthError, ShardError
 from facesynth.core.optim_groups import TrainerOptimizer, build_optimizers, set_learning_rates
 from facesynth.core.shard_reader import ShardDataset, sources_have_column
 from facesynth.core.training_run import Throughput, TrainingRun, exact_batches
+from facesynth.recognizers.encoders import resize_faces
 from facesynth.recognizers.input_pipeline import (
     batch_to_device,
     check_device_decoding,
@@ -236,8 +237,7 @@ def augment(
 
     The randomness comes from ``generator`` only, so a resumed run augments exactly like the original.
     """
-    if tuple(images.shape[-2:]) != tuple(size):
-        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+    images = resize_faces(images, size)
     if flip:
         mask = torch.rand(images.shape[0], generator=generator) < 0.5
         mask = mask.to(images.device)
