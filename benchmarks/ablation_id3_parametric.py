@@ -5,8 +5,9 @@ trains on thousands of identities (set T), its identity encoder **A** on a disjo
 independent evaluation encoder **B** on a third; downstream recognizers are verified on a fourth
 (unseen) set E. Per seed:
 
-1. ID3 models on T (same budget): ``full`` (identity loss), ``no_id_loss`` (``lambda_id = 0``) and
-   ``no_attributes`` (``use_attributes = false``);
+1. ID3 models on T (same budget): ``full`` (identity loss), ``no_id_loss`` (``lambda_id = 0``),
+   ``no_attributes`` (``use_attributes = false``) and ``time_embedding`` (the condition also added to the
+   timestep embedding, cross-attention at every level);
 2. one dataset per row with ``facesynth generate --generator id3`` (identities x images of the
    recipe), rows as in the paper's ablations:
 
@@ -17,6 +18,9 @@ independent evaluation encoder **B** on a third; downstream recognizers are veri
    random_anchors       anchors drawn at random instead of a Tammes packing
    band_0.5_0.7         intra-class cosine band [0.5, 0.7] instead of [0.7, 0.9]
    no_attributes        model without attribute input, ``attributes=none``
+   kappa_id3_sigmoid    full model, kappa_t = kappa * 0.5 (1 - sigmoid(t / T)), the identity term's
+                        training weight (issue 14.2), instead of the default kappa * alpha_bar_t
+   time_embedding       condition wiring (issue 14.2): the ``time_embedding`` model, sampled like ``full``
    renderer             parametric renders at the same identities x images (the reference)
    ===================  ==========================================================================
 
@@ -172,7 +176,17 @@ RECIPES["cpu_cosine"] = {
 }
 #: batch size of ``experiment_id3_parametric.train_fr`` (encoders and downstream recognizers)
 FR_BATCH = 32
-ROWS = ("full", "no_id_loss", "kappa_0", "random_anchors", "band_0.5_0.7", "no_attributes", "renderer")
+ROWS = (
+    "full",
+    "no_id_loss",
+    "kappa_0",
+    "random_anchors",
+    "band_0.5_0.7",
+    "no_attributes",
+    "kappa_id3_sigmoid",
+    "time_embedding",
+    "renderer",
+)
 #: row -> (ID3 model, generator options over the full row's)
 ROW_SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "full": ("full", {}),
@@ -181,8 +195,16 @@ ROW_SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "random_anchors": ("full", {"anchors": "random"}),
     "band_0.5_0.7": ("full", {"cos_lb": 0.5, "cos_ub": 0.7}),
     "no_attributes": ("no_attributes", {"attributes": "none"}),
+    "kappa_id3_sigmoid": ("full", {"id_guidance_schedule": "id3_sigmoid"}),
+    "time_embedding": ("time_embedding", {}),
 }
-MODELS = {"full": {}, "no_id_loss": {"loss": {"lambda_id": 0.0}}, "no_attributes": {"use_attributes": False}}
+MODELS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "no_id_loss": {"loss": {"lambda_id": 0.0}},
+    "no_attributes": {"use_attributes": False},
+    # the ``time_embedding`` variant of probe_id3_condition (its 1,500-step model is this recipe's, seed 0)
+    "time_embedding": {"unet_kwargs": {"condition_in_time_embedding": True, "cross_attention_levels": "all"}},
+}
 
 
 def fr_once(data: Path, out: Path, steps: int, seed: int, size: int) -> Path:
