@@ -539,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/ablation_id3_parametric"))
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="full")
-    parser.add_argument("--smoke", action="store_true", help="the smoke recipe (under a minute on an idle 2-core box)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="the smoke recipe (under a minute on an idle 2-core box)"
+    )
     parser.add_argument("--seeds", type=int, nargs="*", default=None, help="override the recipe's seeds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
