@@ -66,6 +66,23 @@ def test_ablation_smoke_fills_the_table(tmp_path, capsys):
     assert 0 < results["expected_full_hours"] < math.inf
     assert "| band_0.5_0.7 |" in (tmp_path / "ablation.md").read_text()
     assert "expected wall time" in capsys.readouterr().out
+    # the issue-14.2 rows differ from full where they say: the kappa schedule the dataset was sampled
+    # with, and the condition wiring of the UNet the time_embedding row was drawn from
+    seed = tmp_path / "seed0"
+
+    def schedule(row: str) -> str:
+        card = json.loads((seed / "data" / row / "facesynth.json").read_text())
+        return card["producer"]["generator_config"]["id_guidance_schedule"]
+
+    assert (schedule("full"), schedule("kappa_id3_sigmoid")) == ("alpha_bar", "id3_sigmoid")
+
+    def unet(model: str) -> dict:
+        return json.loads((seed / f"id3_{model}" / "pipeline" / "unet" / "config.json").read_text())
+
+    wired, plain = unet("time_embedding"), unet("full")
+    assert wired["addition_embed_type"] is not None and plain["addition_embed_type"] is None
+    assert all(block.startswith("CrossAttn") for block in wired["down_block_types"])
+    assert not all(block.startswith("CrossAttn") for block in plain["down_block_types"])
 
 
 @pytest.mark.slow
