@@ -31,8 +31,8 @@ independent evaluation encoder **B** on a third; downstream recognizers are veri
 
 Results: OUT/ablation.json, OUT/ablation.md (mean +- std over seeds). The ``full`` recipe takes hours on
 a CPU (about 1,700 h scaled from ``cpu20`` on the shared 2-core box): do not start it there;
-``--smoke`` checks every stage in under a minute on an idle 2-core box (41 s wall, 36 s of CPU) and ``--recipe cpu20`` (one seed,
-6.5 minutes) calibrates the stage times. Every run prints the full recipe's expected wall time, scaled
+``--smoke`` checks every stage in under a minute on an idle 2-core box (41 s wall, 36 s of CPU) and
+``--recipe cpu20`` (one seed, 6.5 minutes) calibrates the stage times. Every run prints the full recipe's expected wall time, scaled
 from its own stage times (start-up kept, training compute scaled by work). Verification pairs are
 balanced, so chance accuracy is 0.5.
 
