@@ -30,14 +30,25 @@ under "protects better than RGB"; nothing is dropped from the table.
 Data: ``--data orl`` (ORL faces from ../shared/datasets, grey 92 x 112 padded to 112 x 112, 40
 identities: 20 train, 10 attacker-public, 10 victims) or
 ``--data parametric`` (the parametric renderer; identities split 50/25/25 the same way).
+``--size`` sets the side every model and attack works at (112 by default; the shards stay 112 px
+aligned faces, the trainer and the encoders resize them, the attacks get what a client at that
+size sends). One run is one seed; :mod:`facesynth.benchmarks.privacy_table_summary` averages seeds.
 
     python -m facesynth.benchmarks.privacy_table --data orl --minutes 12   # a quick look
-    # full tables (hours on a 2-core CPU; the decoder defaults are DecoderConfig's):
-    python -m facesynth.benchmarks.privacy_table --data orl --steps 400 --max-public 100 \
-        --max-victims 100 --max-pairs 400 --threads 1 --out runs/privacy-table-orl
-    python -m facesynth.benchmarks.privacy_table --data parametric --identities 80 --per-identity 10 \
-        --steps 500 --margin-scale 16 --max-public 200 --max-victims 200 --max-pairs 400 --threads 1 \
-        --out runs/privacy-table-parametric
+    # the README's 3-seed tables (32 px; about 25 min per seed and dataset on one thread of this
+    # project's 2-core CPU; the decoder is DecoderConfig's 1500-step recipe, widths 16/32/64):
+    for seed in 0 1 2; do
+        python -m facesynth.benchmarks.privacy_table --data orl --size 32 --steps 400 \
+            --max-public 100 --max-victims 100 --max-pairs 400 --decoder-widths 16 32 64 \
+            --seed $seed --threads 1 --out runs/privacy-orl/seed-$seed
+        python -m facesynth.benchmarks.privacy_table --data parametric --size 32 --identities 80 \
+            --per-identity 10 --steps 400 --margin-scale 16 --max-public 200 --max-victims 200 \
+            --max-pairs 400 --decoder-widths 16 32 64 --seed $seed --threads 1 \
+            --out runs/privacy-parametric/seed-$seed
+    done
+    python -m facesynth.benchmarks.privacy_table_summary runs/privacy-orl/seed-* --out runs/privacy-orl
+    python -m facesynth.benchmarks.privacy_table_summary runs/privacy-parametric/seed-* \
+        --out runs/privacy-parametric
 
 ``--minutes`` sets the per-row step count from a quick timing of each method (a short-budget run:
 the numbers show the harness working, not converged models); ``--steps`` fixes it instead.
@@ -130,6 +141,27 @@ def parametric_faces(identities: int, per_identity: int, seed: int) -> list[Face
         chunk = requests[start : start + 64]
         for req, face in zip(chunk, gen.generate(chunk), strict=True):
             out.append((f"p{req.label:05d}", face.image, face.landmarks))
+    return out
+
+
+def resize_face_set(faces: list[Face], size: int) -> list[Face]:
+    """The attack's faces at ``size`` x ``size``, as the client sends them, landmarks moved with them.
+
+    Resized as the trainer resizes (:func:`~facesynth.recognizers.encoders.resize_faces`), then
+    rounded to uint8: what a client at that input size would send.
+    """
+    from facesynth.core.shard_reader import image_to_tensor
+    from facesynth.recognizers.encoders import resize_faces, resize_landmarks
+
+    out = []
+    for name, image, landmarks in faces:
+        h, w = image.shape[:2]
+        if (h, w) != (size, size):
+            small = resize_faces(image_to_tensor(image)[None], (size, size))[0]
+            image = ((small.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+            if landmarks is not None:
+                landmarks = resize_landmarks(torch.as_tensor(landmarks), (h, w), (size, size)).numpy()
+        out.append((name, image, landmarks))
     return out
 
 
@@ -280,6 +312,7 @@ def train_stage(method_name: str, options: dict[str, Any], data: Path, out: Path
         max_steps=steps,
         lr=args.lr,
         margin_scale=args.margin_scale,
+        input_size=args.size,
         num_workers=0,
         progress=False,
         tensorboard=False,
@@ -297,7 +330,8 @@ def time_step(method_name: str, options: dict[str, Any], args, images: torch.Ten
 
     build = build_privacy_method if method_name != "plain" else build_method
     opts = {k: v for k, v in options.items() if not k.endswith("_from")}
-    method = build(method_name, args.backbone, **opts).train()
+    size = [args.size, args.size]
+    method = build(method_name, args.backbone, {"input_size": size}, **opts).train()
     batch = images[: args.batch_size]
     labels = torch.arange(batch.shape[0]) % 4
     start = time.perf_counter()
@@ -335,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.5,
         help="two-stage rows: share of the row's steps for stage 1 (TFace trains both stages equally long)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=112,
+        help="face side in pixels for every model and attack (112: the papers'; 32 keeps a CPU run short)",
     )
     parser.add_argument("--backbone", default="tiny")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -408,11 +448,15 @@ def main(argv: list[str] | None = None) -> int:
     work = args.out
     train_dir = write_split(splits["train"], work / "data" / "train")
     public_faces = _cap(splits["public"], args.max_public, args.seed)
-    public, public_ids = to_tensor(public_faces)
     victim_faces = _cap(splits["victims"], args.max_victims, args.seed + 1)
-    victims, victim_ids = to_tensor(victim_faces)
-    # verification on the victim identities: unseen by every recognizer and by the attacker
+    # verification on the victim identities: unseen by every recognizer and by the attacker (aligned
+    # 112 px faces in the shard, resized to the models' input by the encoders)
     victims_dir = write_split(victim_faces, work / "data" / "victims")
+    # the attacks see what a client at the models' input size sends
+    public_faces = resize_face_set(public_faces, args.size)
+    victim_faces = resize_face_set(victim_faces, args.size)
+    public, public_ids = to_tensor(public_faces)
+    victims, victim_ids = to_tensor(victim_faces)
     assert not set(public_ids) & set(victim_ids)
     logger.info(
         "data %s: train %d images / %d ids, public %d / %d, victims %d / %d",
@@ -541,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         "verification_pairs": results[args.rows[0]]["verification"]["num_pairs"],
         "query_seeds": args.query_seeds,
         "backbone": args.backbone,
+        "face_size": args.size,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "margin_scale": args.margin_scale,
@@ -569,12 +614,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _best_leak(metrics: dict[str, Any]) -> tuple[float, float]:
+def best_attack(metrics: dict[str, Any]) -> tuple[float, float]:
+    """(identity leakage, attack success) of the stronger attacker in each, the floor left out."""
     attackers = [m for k, m in metrics.items() if k != "no_information"]
     return (
         max(m.get("identity_leakage", float("nan")) for m in attackers),
         max(m.get("attack_success", float("nan")) for m in attackers),
     )
+
+
+def protects_better_than_rgb(attack: dict[str, Any], rgb_attack: dict[str, Any]) -> bool:
+    """The row's best attacker leaks less identity than on RGB and succeeds no more often."""
+    leak, success = best_attack(attack)
+    rgb_leak, rgb_success = best_attack(rgb_attack)
+    return leak < rgb_leak and success <= rgb_success
 
 
 def _success(m: dict[str, Any], reference: float) -> str:
@@ -596,7 +649,7 @@ def markdown_table(results: dict[str, Any], meta: dict[str, Any]) -> str:
         "| ridge PSNR / SSIM | ridge leakage | ridge success (of originals') | protects better than RGB |"
     )
     lines = [
-        f"Privacy comparison ({meta['data']}, backbone {meta['backbone']}, {steps} training steps per row "
+        f"Privacy comparison ({meta['data']}, {meta.get('face_size', 112)} px faces, backbone {meta['backbone']}, {steps} training steps per row "
         f"(two-stage rows split them), batch {meta['batch_size']}, lr {meta['lr']}, ArcFace s "
         f"{meta.get('margin_scale', 64.0):g}; attack decoder {meta['decoder_steps']} steps, widths "
         f"{meta.get('decoder_widths', 'n/a')}, lr {meta.get('decoder_lr', 'n/a')} "
@@ -607,7 +660,6 @@ def markdown_table(results: dict[str, Any], meta: dict[str, Any]) -> str:
         "|" + "---|" * 13,
     ]
     rgb = results.get("rgb")
-    rgb_leak = _best_leak(rgb["attack"]) if rgb else None
     noinfo = next(iter(results.values()))["attack"]["no_information"]
     reference = noinfo.get("reference_tar", float("nan"))
 
@@ -620,11 +672,10 @@ def markdown_table(results: dict[str, Any], meta: dict[str, Any]) -> str:
     for row, r in results.items():
         dec, rid = r["attack"]["decoder"], r["attack"].get("ridge", {})
         v = r["verification"]
-        if row == "rgb" or rgb_leak is None:
+        if row == "rgb" or rgb is None:
             verdict = "(baseline)" if row == "rgb" else "n/a"
         else:
-            leak = _best_leak(r["attack"])
-            verdict = "yes" if leak[0] < rgb_leak[0] and leak[1] <= rgb_leak[1] else "**no**"
+            verdict = "yes" if protects_better_than_rgb(r["attack"], rgb["attack"]) else "**no**"
         size = r.get("payload", {"values": None, "float32_bytes": None, "sent_bytes": r["payload_bytes"]})
         values = "n/a" if size["values"] is None else f"{size['values']:,}"
         as_f32 = "n/a" if size["float32_bytes"] is None else f"{size['float32_bytes']:,}"
@@ -667,7 +718,7 @@ def markdown_table(results: dict[str, Any], meta: dict[str, Any]) -> str:
                 if m is None:
                     cells.append("n/a")
                     continue
-                leak, success = _best_leak(m)
+                leak, success = best_attack(m)
                 cells.append(f"{leak:.3f} / {success:.3f}")
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -20,7 +20,7 @@ import torch
 
 from facesynth.core.errors import FacesynthError
 from facesynth.privacy.api import PrivacyMethod, load_privacy_method
-from facesynth.recognizers.encoders import IdentityEncoder
+from facesynth.recognizers.encoders import IdentityEncoder, resize_landmarks
 
 MIN_SEEDS = 3
 
@@ -58,7 +58,13 @@ class PrivacyEncoder(IdentityEncoder):
     def embed_with_landmarks(
         self, images: torch.Tensor, landmarks: torch.Tensor | None, normalize: bool = True
     ) -> torch.Tensor:
-        """:meth:`embed` with per-face landmarks (B, 5, 2) for the client (None: the template)."""
+        """:meth:`embed` with per-face landmarks (B, 5, 2) for the client (None: the template).
+
+        Faces larger than the method's input are resized down by :meth:`embed`; their landmarks are
+        moved with them, so the ROI follows the face at any input size.
+        """
+        if landmarks is not None and self._fit(images) is not images:
+            landmarks = resize_landmarks(landmarks, tuple(images.shape[-2:]), self.input_size)
         self._landmarks = landmarks
         try:
             return self.embed(images, normalize=normalize)

@@ -47,6 +47,20 @@ def resize_faces(images: torch.Tensor, size: tuple[int, int] | list[int]) -> tor
     )
 
 
+def resize_landmarks(
+    points: torch.Tensor, image_size: tuple[int, int] | list[int], size: tuple[int, int] | list[int]
+) -> torch.Tensor:
+    """(..., K, 2) pixel (x, y) landmarks of an (H, W) image moved to the same image resized to ``size``.
+
+    Pixel-centre convention, as :func:`resize_faces` samples: x' = (x + 0.5) * W'/W - 0.5. NaN stays NaN.
+    """
+    points = torch.as_tensor(points, dtype=torch.float32)
+    if tuple(image_size) == tuple(size):
+        return points
+    scale = torch.tensor([size[1] / image_size[1], size[0] / image_size[0]], dtype=torch.float32)
+    return (points + 0.5) * scale - 0.5
+
+
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) float32 in [-1, 1]."""
     array = np.asarray(images)

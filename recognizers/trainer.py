@@ -53,7 +53,7 @@ from facesynth.core.errors import ConfigError, FacesynthError, ShardError
 from facesynth.core.optim_groups import TrainerOptimizer, build_optimizers, set_learning_rates
 from facesynth.core.shard_reader import ShardDataset, sources_have_column
 from facesynth.core.training_run import Throughput, TrainingRun, exact_batches
-from facesynth.recognizers.encoders import resize_faces
+from facesynth.recognizers.encoders import resize_faces, resize_landmarks
 from facesynth.recognizers.input_pipeline import (
     batch_to_device,
     check_device_decoding,
@@ -265,10 +265,7 @@ def augment_landmarks(
     ``generator`` must be in the state :func:`augment` started from (a copy taken before it ran):
     the same draws then give the same flips and shifts. NaN (unknown) landmarks stay NaN.
     """
-    points = landmarks.detach().float().cpu().clone()
-    if tuple(image_size) != tuple(size):
-        scale = torch.tensor([size[1] / image_size[1], size[0] / image_size[0]])
-        points = (points + 0.5) * scale - 0.5
+    points = resize_landmarks(landmarks.detach().float().cpu(), image_size, size).clone()
     height, width = size
     if flip:
         mask = torch.rand(points.shape[0], generator=generator) < 0.5

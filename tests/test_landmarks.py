@@ -156,3 +156,39 @@ def test_trainer_and_evaluation_pass_per_face_landmarks(tmp_path, monkeypatch):
     firsts = torch.cat(seen)[:, 0, 0].round()
     assert {30.0, 70.0} <= set(firsts.tolist())  # the originals ...
     assert {111.0 - 30.0, 111.0 - 70.0} <= set(firsts.tolist())  # ... and their mirrors (flip TTA)
+
+
+def test_evaluation_moves_landmarks_with_faces_resized_to_a_smaller_input():
+    """A 32 px DuetFace evaluated on 112 px faces: the ROI follows the face, not the 112 px coordinates."""
+    from facesynth.privacy.evaluation import PrivacyEncoder
+    from facesynth.recognizers.encoders import resize_faces, resize_landmarks
+
+    method = build_privacy_method("duetface", "tiny", {"input_size": [32, 32]}, client_widths=CLIENT).eval()
+    images = torch.rand(2, 3, 112, 112) * 2 - 1
+    points = torch.from_numpy(np.stack([LEFT, RIGHT]))
+    seen = []
+    original = method.protect
+
+    def spy(x, seed=None, landmarks=None):
+        seen.append((tuple(x.shape[-2:]), landmarks))
+        return original(x, seed=seed, landmarks=landmarks)
+
+    method.protect = spy
+    encoder = PrivacyEncoder(method, seed=0)
+    with torch.no_grad():
+        encoder.embed_with_landmarks(images, points)
+    ((size, given),) = seen
+    assert size == (32, 32)
+    expected = resize_landmarks(points, (112, 112), (32, 32))
+    assert torch.allclose(given, expected)
+    assert torch.allclose(
+        expected[0, 0], torch.tensor([(30 + 0.5) * 32 / 112 - 0.5, (45 + 0.5) * 32 / 112 - 0.5])
+    )
+    # the masks are those of 32 px faces with their own landmarks: the two faces' ROIs differ
+    masks = method.protect(resize_faces(images, (32, 32)), seed=0, landmarks=expected).extras["mask1"]
+    assert not torch.allclose(masks[0], masks[1])
+    # faces already at the input size keep their landmarks
+    seen.clear()
+    with torch.no_grad():
+        encoder.embed_with_landmarks(resize_faces(images, (32, 32)), expected)
+    assert torch.equal(seen[0][1], expected)

@@ -56,6 +56,22 @@ def test_table_runs_end_to_end_on_parametric_faces(tmp_path) -> None:
     assert "| no-information floor |" in table and "| k = 1 | k = 2 |" in table
 
 
+def test_attack_faces_are_resized_as_a_client_at_the_input_size_sends_them() -> None:
+    import numpy as np
+
+    image = np.zeros((112, 112, 3), np.uint8)
+    image[:, 56:] = 255  # right half white
+    points = np.array([[38.0, 52.0], [74.0, 52.0], [56.0, 72.0], [42.0, 92.0], [70.0, 92.0]], np.float32)
+    (name, small, moved), (_, same, none) = privacy_table.resize_face_set(
+        [("a", image, points), ("b", image, None)], 32
+    )
+    assert name == "a" and small.shape == (32, 32, 3) and small.dtype == np.uint8
+    assert small[:, :15].max() == 0 and small[:, 17:].min() == 255  # the edge stays where it was
+    np.testing.assert_allclose(moved, (points + 0.5) * 32 / 112 - 0.5, rtol=1e-6)
+    assert none is None and same.shape == (32, 32, 3)
+    assert privacy_table.resize_face_set([("a", image, points)], 112)[0][1] is image  # 112: untouched
+
+
 def _row(leakage: float, success: float) -> dict:
     metrics = {"psnr": 20.0, "ssim": 0.5, "identity_leakage": leakage, "attack_success": success}
     return {
