@@ -62,7 +62,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -203,26 +202,14 @@ def to_tensor(faces) -> tuple[torch.Tensor, list[str]]:
     return torch.stack([image_to_tensor(f[1]) for f in faces]), [f[0] for f in faces]
 
 
-def landmark_lookup(faces: list[Face]) -> Callable[[torch.Tensor], torch.Tensor | None]:
-    """Batch of (protected-path) images -> their (B, 5, 2) landmarks (NaN where unknown), by content.
-
-    The attack harness hands the client image batches, not indices; the faces' pixels identify them.
-    Returns None for every batch when no face has landmarks.
-    """
-    from facesynth.core.shard_reader import image_to_tensor
-
+def landmarks_tensor(faces: list[Face]) -> torch.Tensor | None:
+    """(N, 5, 2) landmarks of the faces (NaN where unknown), or None when no face has any."""
     if all(f[2] is None for f in faces):
-        return lambda images: None
-    table = {}
-    for f in faces:
-        key = image_to_tensor(f[1]).numpy().tobytes()
-        table[key] = np.full((5, 2), np.nan, np.float32) if f[2] is None else np.asarray(f[2], np.float32)
-
-    def lookup(images: torch.Tensor) -> torch.Tensor:
-        unknown = np.full((5, 2), np.nan, np.float32)
-        return torch.from_numpy(np.stack([table.get(x.cpu().numpy().tobytes(), unknown) for x in images]))
-
-    return lookup
+        return None
+    unknown = np.full((5, 2), np.nan, np.float32)
+    return torch.from_numpy(
+        np.stack([unknown if f[2] is None else np.asarray(f[2], np.float32) for f in faces])
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -435,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     import facesynth.privacy  # noqa: F401  (registers the privacy methods)
     from facesynth.pipelines.attack import labels_of
     from facesynth.privacy.api import load_privacy_method
-    from facesynth.privacy.attacks import AttackConfig, DecoderConfig, run_attack
+    from facesynth.privacy.attacks import AttackConfig, DecoderConfig, landmarks_by_content, run_attack
     from facesynth.privacy.multi_query import multi_query_attack
     from facesynth.recognizers.methods import load_method
 
@@ -542,7 +529,10 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         scale_batches=1,
     )
-    landmarks_of = landmark_lookup(public_faces + victim_faces)
+    landmarks = landmarks_tensor(public_faces + victim_faces)
+    landmarks_of = (
+        None if landmarks is None else landmarks_by_content(torch.cat([public, victims]), landmarks)
+    )
     for row in args.rows:
         method = models[row]
         t0 = time.perf_counter()
@@ -557,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
 
             def protect(images, seed, method=method):
-                return method.protect(images, seed=seed, landmarks=landmarks_of(images))
+                landmarks = None if landmarks_of is None else landmarks_of(images)
+                return method.protect(images, seed=seed, landmarks=landmarks)
 
         metrics, _, _ = run_attack(
             protect, public, victims, labels_of(victim_ids), attack_config, embed=embed, progress=False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ from pydantic import Field
 
 from facesynth.core.config import StageConfig
 from facesynth.core.errors import FacesynthError
-from facesynth.recognizers.encoders import resize_faces
+from facesynth.recognizers.encoders import resize_faces, resize_landmarks
 
 logger = logging.getLogger(__name__)
 
@@ -71,28 +72,60 @@ class AttackStageConfig(StageConfig):
     )
 
 
+@dataclass
+class FaceSet:
+    """Faces in [-1, 1], their identities, and their (N, 5, 2) landmarks (NaN where unknown) or None."""
+
+    images: torch.Tensor
+    identities: list[str]
+    landmarks: torch.Tensor | None = None
+
+    def select(self, index: torch.Tensor) -> FaceSet:
+        return FaceSet(
+            self.images[index],
+            [self.identities[int(i)] for i in index],
+            None if self.landmarks is None else self.landmarks[index],
+        )
+
+    def subsample(self, limit: int | None, seed: int) -> FaceSet:
+        """At most ``limit`` faces, a seeded random choice kept in dataset order."""
+        if limit is None or len(self.identities) <= limit:
+            return self
+        keep = torch.randperm(len(self.identities), generator=torch.Generator().manual_seed(seed))[:limit]
+        return self.select(torch.sort(keep).values)
+
+    def resized(self, size: Sequence[int]) -> FaceSet:
+        """The faces at ``size`` as a client at that input size protects them, landmarks moved with them."""
+        if tuple(self.images.shape[-2:]) == tuple(size):
+            return self
+        landmarks = self.landmarks
+        if landmarks is not None:
+            landmarks = resize_landmarks(landmarks, tuple(self.images.shape[-2:]), size)
+        return FaceSet(resize_faces(self.images, size), self.identities, landmarks)
+
+
 def load_faces(
     sources: Sequence[str], max_images: int | None = None, seed: int = 0, *, allow_plain: bool = False
-) -> tuple[torch.Tensor, list[str]]:
-    """All (or a seeded random ``max_images``) faces of shard datasets: images in [-1, 1] and identities."""
-    from facesynth.core.shard_reader import ShardDataset
+) -> FaceSet:
+    """All (or a seeded random ``max_images``) faces of shard datasets, with their landmarks when every
+    shard has the optional ``landmarks`` column (DuetFace's client takes each face's ROI from them)."""
+    from facesynth.core.shard_reader import ShardDataset, sources_have_column
 
+    with_landmarks = sources_have_column(list(sources), "landmarks", allow_plain=allow_plain)
+    columns = ["identity", "landmarks"] if with_landmarks else ["identity"]
     dataset = ShardDataset(
-        list(sources), shuffle=False, columns=["identity"], even_split=False, allow_plain=allow_plain
+        list(sources), shuffle=False, columns=columns, even_split=False, allow_plain=allow_plain
     )
-    images, identities = [], []
+    images, identities, landmarks = [], [], []
     for row in dataset:
         images.append(row["image"])
         identities.append(str(row["identity"]))
+        if with_landmarks:
+            landmarks.append(row["landmarks"])
     if not images:
         raise FacesynthError(f"{list(sources)}: no images")
-    stacked = torch.stack(images)
-    if max_images is not None and len(identities) > max_images:
-        keep = torch.randperm(len(identities), generator=torch.Generator().manual_seed(seed))[:max_images]
-        keep = torch.sort(keep).values
-        stacked = stacked[keep]
-        identities = [identities[int(i)] for i in keep]
-    return stacked, identities
+    faces = FaceSet(torch.stack(images), identities, torch.stack(landmarks) if with_landmarks else None)
+    return faces.subsample(max_images, seed)
 
 
 class AtInputSize(torch.nn.Module):
@@ -107,19 +140,15 @@ class AtInputSize(torch.nn.Module):
         return self.module(images if self.size is None else resize_faces(images, self.size))
 
 
-def split_by_identity(
-    images: torch.Tensor, identities: Sequence[str], fraction: float
-) -> tuple[tuple[torch.Tensor, list[str]], tuple[torch.Tensor, list[str]]]:
+def split_by_identity(faces: FaceSet, fraction: float) -> tuple[FaceSet, FaceSet]:
     """Split faces into two identity-disjoint parts: the first ``fraction`` of sorted identities, the rest."""
-    names = sorted(set(identities))
+    names = sorted(set(faces.identities))
     if len(names) < 2:
         raise FacesynthError(f"need at least 2 identities to split, found {len(names)}")
     cut = min(max(1, round(fraction * len(names))), len(names) - 1)
     first = set(names[:cut])
-    mask = torch.tensor([i in first for i in identities])
-    a = (images[mask], [i for i in identities if i in first])
-    b = (images[~mask], [i for i in identities if i not in first])
-    return a, b
+    mask = torch.tensor([i in first for i in faces.identities])
+    return faces.select(torch.nonzero(mask).flatten()), faces.select(torch.nonzero(~mask).flatten())
 
 
 def check_disjoint(public: Sequence[str], victims: Sequence[str]) -> None:
@@ -137,15 +166,23 @@ def labels_of(identities: Sequence[str]) -> torch.Tensor:
     return torch.tensor([index[i] for i in identities], dtype=torch.long)
 
 
-def target_protect_fn(target: Any, device: str = "cpu") -> tuple[Callable, dict[str, Any]]:
-    """(protect_fn, description) for a privacy method or :data:`RGB_TARGET`."""
+def target_protect_fn(
+    target: Any,
+    device: str = "cpu",
+    landmarks_of: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
+) -> tuple[Callable, dict[str, Any]]:
+    """(protect_fn, description) for a privacy method or :data:`RGB_TARGET`; ``landmarks_of`` gives a
+    batch's landmarks to methods that use them (:func:`facesynth.privacy.attacks.landmarks_by_content`)."""
     if isinstance(target, str) and target == RGB_TARGET:
         return (lambda images, seed: images), {"method": RGB_TARGET, "payload_bytes_per_query": 3 * 112 * 112}
     method = target
     method.eval()
+    if not method.uses_landmarks:
+        landmarks_of = None
 
     def protect(images: torch.Tensor, seed: int):
-        return method.protect(images.to(device), seed=seed).to("cpu")
+        landmarks = None if landmarks_of is None else landmarks_of(images)
+        return method.protect(images.to(device), seed=seed, landmarks=landmarks).to("cpu")
 
     return protect, {"method": method.name, "key_id": method.key_id()}
 
@@ -237,7 +274,7 @@ def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
     """Run the attack described by ``config`` and write its report; returns the JSON-able results."""
     from facesynth.core.atomic_io import write_json_atomic
     from facesynth.privacy.api import load_privacy_method
-    from facesynth.privacy.attacks import run_attack
+    from facesynth.privacy.attacks import landmarks_by_content, run_attack
 
     start = time.perf_counter()
     if config.device == "auto":
@@ -246,36 +283,36 @@ def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     plain = config.allow_plain_parquet
     if config.victims:
-        public, public_ids = load_faces(
-            config.public, config.max_public_images, config.seed, allow_plain=plain
-        )
-        victims, victim_ids = load_faces(
-            config.victims, config.max_victim_images, config.seed + 1, allow_plain=plain
-        )
+        public = load_faces(config.public, config.max_public_images, config.seed, allow_plain=plain)
+        victims = load_faces(config.victims, config.max_victim_images, config.seed + 1, allow_plain=plain)
     else:
-        images, identities = load_faces(config.public, None, config.seed, allow_plain=plain)
-        (public, public_ids), (victims, victim_ids) = split_by_identity(
-            images, identities, config.public_fraction
+        public, victims = split_by_identity(
+            load_faces(config.public, None, config.seed, allow_plain=plain), config.public_fraction
         )
-        public, public_ids = _subsample(public, public_ids, config.max_public_images, config.seed)
-        victims, victim_ids = _subsample(victims, victim_ids, config.max_victim_images, config.seed + 1)
-    check_disjoint(public_ids, victim_ids)
+        public = public.subsample(config.max_public_images, config.seed)
+        victims = victims.subsample(config.max_victim_images, config.seed + 1)
+    check_disjoint(public.identities, victims.identities)
+    landmarks_of = None
     if config.target == RGB_TARGET:
         target: Any = RGB_TARGET
     else:
         target = load_privacy_method(config.target, config.device)
-        if tuple(public.shape[-2:]) != tuple(target.input_size):
+        if tuple(public.images.shape[-2:]) != tuple(target.input_size):
             # the client protects faces at the model's input size, so that is what the attacker recovers
             logger.info(
                 "attack: faces resized from %s to the target's input size %s",
-                tuple(public.shape[-2:]),
+                tuple(public.images.shape[-2:]),
                 target.input_size,
             )
-            public, victims = (
-                resize_faces(public, target.input_size),
-                resize_faces(victims, target.input_size),
+            public, victims = public.resized(target.input_size), victims.resized(target.input_size)
+        if target.uses_landmarks and public.landmarks is not None and victims.landmarks is not None:
+            landmarks_of = landmarks_by_content(
+                torch.cat([public.images, victims.images]), torch.cat([public.landmarks, victims.landmarks])
             )
-    protect_fn, description = target_protect_fn(target, config.device)
+    protect_fn, description = target_protect_fn(target, config.device, landmarks_of)
+    description["landmarks"] = "per face" if landmarks_of is not None else "template (none in the shards)"
+    public_ids, victim_ids = public.identities, victims.identities
+    public, victims = public.images, victims.images
 
     embed = identity_module = None
     if config.encoder:
@@ -340,10 +377,3 @@ def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
     (out / "attack.md").write_text(markdown_report(results), encoding="utf-8")
     save_samples(victims, recoveries, out / "samples.png")
     return results
-
-
-def _subsample(images: torch.Tensor, ids: list[str], limit: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    if len(ids) <= limit:
-        return images, ids
-    keep = torch.sort(torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))[:limit]).values
-    return images[keep], [ids[int(i)] for i in keep]

@@ -572,6 +572,29 @@ class TrainedAttack:
         return out
 
 
+def landmarks_by_content(
+    images: torch.Tensor, landmarks: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A batch of these (B, 3, H, W) faces -> their (B, 5, 2) landmarks, found by pixel content.
+
+    :func:`run_attack` hands the client batches of faces, not indices; a protect function for a
+    method that takes landmarks (DuetFace's ROI) looks each face up here. Faces not in the table get
+    NaN points, which the client reads as unknown (the ArcFace template).
+    """
+    if images.shape[0] != landmarks.shape[0]:
+        raise FacesynthError(f"{images.shape[0]} faces but {landmarks.shape[0]} landmark sets")
+    table = {
+        face.detach().cpu().numpy().tobytes(): points.float()
+        for face, points in zip(images, landmarks.detach().cpu(), strict=True)
+    }
+    unknown = torch.full(tuple(landmarks.shape[1:]), float("nan"))
+
+    def lookup(batch: torch.Tensor) -> torch.Tensor:
+        return torch.stack([table.get(face.detach().cpu().numpy().tobytes(), unknown) for face in batch])
+
+    return lookup
+
+
 def _batches(images: torch.Tensor, batch_size: int, order: torch.Tensor | None = None):
     idx = torch.arange(images.shape[0]) if order is None else order
     for start in range(0, len(idx), batch_size):

@@ -218,10 +218,12 @@ def test_trained_attack_refuses_payloads_of_another_method_or_key():
     assert view.shape == (2, 4, 16, 16) and torch.allclose(view[:, 3], torch.ones(2, 16, 16))
 
 
-def _write_faces(folder, identities, per_identity=2, seed=0):
+def _write_faces(folder, identities, per_identity=2, seed=0, landmarks=False):
+    """Blocky random faces; ``landmarks``: each face gets its own 5 points (a shifted template)."""
     import numpy as np
 
     from facesynth.core.shard_format import ShardRow, rows_to_table, shard_name, write_shard
+    from facesynth.recognizers.alignment import template
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -229,7 +231,8 @@ def _write_faces(folder, identities, per_identity=2, seed=0):
         base = rng.integers(0, 255, (14, 14, 3)).repeat(8, 0).repeat(8, 1)
         for index in range(per_identity):
             noisy = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
-            rows.append(ShardRow(image=noisy, label=label, identity=name, index=index))
+            points = template(112) + rng.uniform(-12, 12, (1, 2)) if landmarks else None
+            rows.append(ShardRow(image=noisy, label=label, identity=name, index=index, landmarks=points))
     write_shard(folder / shard_name(0, 1), rows_to_table(rows, None))
     add_manifest(folder)
     return folder
@@ -311,3 +314,47 @@ def test_attack_on_a_small_input_target_with_112_faces_and_a_112_encoder(tmp_pat
     assert report["target"]["method"] == "partialface"
     for attacker in ("decoder", "ridge", "no_information"):
         assert math.isfinite(report["attackers"][attacker]["identity_leakage"])
+
+
+def test_attack_command_gives_duetface_each_face_its_landmarks(tmp_path, monkeypatch):
+    """DuetFace's client takes the ROI from each face's landmarks: the attacker's client must too
+    (scaled to the model's 32 px input), else its payloads are not the ones a deployment sends."""
+    import json
+
+    from facesynth.pipelines.cli import main
+    from facesynth.privacy.api import build_privacy_method
+    from facesynth.privacy.duetface import DuetFace
+    from facesynth.recognizers.methods import save_method
+
+    data = _write_faces(tmp_path / "faces", [f"id{i}" for i in range(4)], landmarks=True)
+    torch.manual_seed(0)
+    method = build_privacy_method(
+        "duetface", "tiny", {"input_size": [32, 32]}, client_widths=(4, 4, 8, 8, 16)
+    )
+    save_method(method, tmp_path / "duet")
+    seen = []
+    original = DuetFace.protect
+
+    def spy(self, images, seed=None, landmarks=None):
+        seen.append(landmarks)
+        return original(self, images, seed=seed, landmarks=landmarks)
+
+    monkeypatch.setattr(DuetFace, "protect", spy)
+    out = tmp_path / "report"
+    args = ["attack", "--target", str(tmp_path / "duet"), "--public", str(data), "--out", str(out)]
+    args += ["--decoder-steps", "2", "--decoder-widths", "4", "8", "--batch-size", "4", "--no-progress"]
+    assert main(args) == 0
+    report = json.loads((out / "attack.json").read_text())
+    assert report["target"]["landmarks"] == "per face"
+    given = torch.cat([s for s in seen if s is not None])
+    assert len(given) == sum(s.shape[0] for s in seen if s is not None) > 0
+    assert torch.isfinite(given).all()  # every face the attack protects was found in the table
+    # the points are the shard's, moved to the 32 px input: inside the crop, and not all the same
+    assert given.min() > -1 and given.max() < 32 and given[:, 0].std(dim=0).min() > 0.5
+    assert all(s is not None for s in seen)
+    # without the column the report says so, and the client uses the template
+    plain = _write_faces(tmp_path / "plain", [f"id{i}" for i in range(4)])
+    seen.clear()
+    assert main([*args[:4], str(plain), *args[5:]]) == 0
+    assert json.loads((out / "attack.json").read_text())["target"]["landmarks"].startswith("template")
+    assert all(s is None for s in seen)
