@@ -52,6 +52,11 @@ class AttackStageConfig(StageConfig):
         default_factory=list,
         description="randomised targets: also attack with k payloads of each face, for each k (e.g. 1 4 16)",
     )
+    view_draws: int | None = Field(
+        default=None,
+        ge=1,
+        description="payloads drawn once per public face for the decoder (default: a fresh one every step)",
+    )
     identity_weight: float = Field(
         default=0.0, ge=0, description="identity loss weight (needs a torch: encoder)"
     )
@@ -208,6 +213,7 @@ def attack_config(config: AttackStageConfig):
         ridge_pool=config.ridge_pool,
         far=config.far,
         batch_size=config.batch_size,
+        view_draws=config.view_draws,
     )
 
 

@@ -509,6 +509,11 @@ class AttackConfig:
     far: float = 1e-3
     batch_size: int = 16
     scale_batches: int = 4
+    #: None: the decoder sees a fresh payload of every public face at every step (the strongest
+    #: augmentation, one client call per step, k per step for a k-query view). N: N payloads of each
+    #: public face are drawn once and the decoder samples among them, N client calls per face in all:
+    #: what makes multi-query attacks on a CPU affordable.
+    view_draws: int | None = None
 
 
 ProtectFn = Callable[[torch.Tensor, int], Payload | torch.Tensor]
@@ -655,6 +660,21 @@ def run_attack(
         attack.ridge = ridge.finish()
 
     epoch = [0]
+    pool = None
+    if config.view_draws is not None:
+        if config.view_draws < 1:
+            raise FacesynthError(f"view_draws must be at least 1 (or None), got {config.view_draws}")
+        pool = torch.stack(
+            [
+                torch.cat(
+                    [
+                        attack.view(protect_fn(public_images[idx], 1_000_000 * (draw + 1) + j))
+                        for j, idx in enumerate(_batches(public_images, bs))
+                    ]
+                )
+                for draw in range(config.view_draws)
+            ]
+        )  # (draws, N, C, H, W)
 
     def pairs():
         order = torch.randperm(public_images.shape[0], generator=g)
@@ -662,7 +682,11 @@ def run_attack(
         for j, idx in enumerate(_batches(public_images, bs, order)):
             if len(idx) < 2:
                 continue
-            yield attack.view(protect_fn(public_images[idx], 1_000_000 * epoch[0] + j)), public_images[idx]
+            if pool is None:
+                view = attack.view(protect_fn(public_images[idx], 1_000_000 * epoch[0] + j))
+            else:
+                view = pool[torch.randint(pool.shape[0], (len(idx),), generator=g), idx]
+            yield view, public_images[idx]
 
     attack.decoder = train_decoder(pairs, in_channels, config.decoder, identity_encoder, scale, progress)
 

@@ -188,6 +188,42 @@ def test_attack_on_the_identity_method_recovers_near_perfectly():
     assert set(attack.recover(victims[:2])) == {"decoder", "ridge"}
 
 
+def test_view_draws_fix_the_client_calls_and_the_decoder_still_learns():
+    """With view_draws the decoder trains on N payloads per public face drawn once: the client runs
+    N times per face whatever the decoder's steps, and the recovery still beats the floor."""
+    from facesynth.privacy.attacks import AttackConfig, run_attack
+
+    public = _smooth_images(32, 16, seed=2) * 0.8
+    victims = _smooth_images(8, 16, seed=3) * 0.8
+    labels = torch.arange(4).repeat_interleave(2)
+    calls = []
+
+    def noisy_client(images, seed):
+        calls.append(images.shape[0])
+        g = torch.Generator().manual_seed(seed)
+        return images + 0.1 * torch.randn(images.shape, generator=g)
+
+    def attack(steps, draws):
+        calls.clear()
+        config = AttackConfig(
+            decoder=DecoderConfig(block_out_channels=(8, 16), lr=3e-3, steps=steps, batch_size=8),
+            ridge=False,
+            batch_size=8,
+            scale_batches=1,
+            view_draws=draws,
+        )
+        metrics, _, _ = run_attack(noisy_client, public, victims, labels, config, progress=False)
+        return metrics, sum(calls)
+
+    overhead = 8 + 8  # the scale batch and the victims
+    assert attack(8, 3)[1] == overhead + 3 * 32 == attack(40, 3)[1]
+    assert attack(40, None)[1] == overhead + 40 * 8  # fresh payloads: one client call per step
+    metrics, _ = attack(80, 2)
+    assert metrics["decoder"]["psnr"] > metrics["no_information"]["psnr"] + 3
+    with pytest.raises(FacesynthError, match="view_draws"):
+        attack(2, 0)
+
+
 def test_trained_attack_refuses_payloads_of_another_method_or_key():
     from facesynth.privacy.attacks import TrainedAttack, attack_view
     from facesynth.privacy.payload import Payload, PayloadHeader

@@ -80,3 +80,25 @@ def test_multi_query_attack_reports_every_k():
     assert report["k"] == [1, 2] and set(report["by_k"]) == {"1", "2"}
     for metrics in report["by_k"].values():
         assert {"decoder", "no_information"} <= set(metrics) and metrics["decoder"]["psnr"] > 0
+
+
+def test_k1_reuses_the_single_query_attack_for_averaging_methods_only():
+    """The mean of one view is the view: DCTDP's k = 1 is the single-query attack, not trained twice;
+    PartialFace's k = 1 union view is a different attack and runs."""
+    public, victims = _faces(8, 1), _faces(4, 2)
+    config = AttackConfig(
+        decoder=DecoderConfig(block_out_channels=(8, 16), steps=2, batch_size=4, warmup_steps=1),
+        ridge=False,
+        batch_size=4,
+        scale_batches=1,
+    )
+    single = {"decoder": {"psnr": -1.0}}
+    labels = torch.tensor([0, 0, 1, 1])
+    dctdp = multi_query_attack(
+        _method("dctdp"), public, victims, labels, config, ks=(1, 2), single_query=single
+    )
+    assert dctdp["by_k"]["1"] is single and dctdp["by_k"]["2"]["decoder"]["psnr"] > 0
+    partial = multi_query_attack(
+        _method("partialface"), public, victims, labels, config, ks=(1,), single_query=single
+    )
+    assert partial["by_k"]["1"] is not single and partial["by_k"]["1"]["decoder"]["psnr"] > 0
