@@ -19,6 +19,15 @@ def _faces(n: int, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.interpolate(low, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
 
 
+def _tiny_attack(steps: int) -> AttackConfig:
+    return AttackConfig(
+        decoder=DecoderConfig(block_out_channels=(8, 16), steps=steps, batch_size=4, warmup_steps=1),
+        ridge=False,
+        batch_size=4,
+        scale_batches=1,
+    )
+
+
 def _method(name: str, **kwargs):
     torch.manual_seed(0)
     return build_privacy_method(name, "tiny", {"input_size": [SIZE, SIZE]}, **kwargs).eval()
@@ -70,12 +79,7 @@ def test_minusface_mean_of_shuffles_and_deterministic_methods_refused():
 def test_multi_query_attack_reports_every_k():
     method = _method("dctdp")
     public, victims = _faces(8, 1), _faces(4, 2)
-    config = AttackConfig(
-        decoder=DecoderConfig(block_out_channels=(8, 16), steps=3, batch_size=4, warmup_steps=1),
-        ridge=False,
-        batch_size=4,
-        scale_batches=1,
-    )
+    config = _tiny_attack(steps=3)
     report = multi_query_attack(method, public, victims, torch.tensor([0, 0, 1, 1]), config, ks=(1, 2))
     assert report["k"] == [1, 2] and set(report["by_k"]) == {"1", "2"}
     for metrics in report["by_k"].values():
@@ -86,12 +90,7 @@ def test_k1_reuses_the_single_query_attack_for_averaging_methods_only():
     """The mean of one view is the view: DCTDP's k = 1 is the single-query attack, not trained twice;
     PartialFace's k = 1 union view is a different attack and runs."""
     public, victims = _faces(8, 1), _faces(4, 2)
-    config = AttackConfig(
-        decoder=DecoderConfig(block_out_channels=(8, 16), steps=2, batch_size=4, warmup_steps=1),
-        ridge=False,
-        batch_size=4,
-        scale_batches=1,
-    )
+    config = _tiny_attack(steps=2)
     single = {"decoder": {"psnr": -1.0}}
     labels = torch.tensor([0, 0, 1, 1])
     dctdp = multi_query_attack(
