@@ -164,12 +164,14 @@ if __name__ == "__main__":  # pragma: no cover - measurement script
     import facesynth.privacy  # noqa: F401
 
     parser = argparse.ArgumentParser(description="score the privacy rows against raw pixels (one thread)")
-    parser.add_argument("names", nargs="*", choices=[*RECIPES, *VARIANTS], default=list(RECIPES))
+    parser.add_argument(
+        "names", nargs="*", choices=[*RECIPES, *VARIANTS], help="default: every method's recipe"
+    )
     parser.add_argument("--seed", type=int, default=0, help="data and training seed (the test uses 0)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp) / "train", seed=args.seed)
         print("raw pixels", round(raw_pixel_accuracy(data), 3), "chance 0.5")
-        for name in args.names:
+        for name in args.names or list(RECIPES):
             print(name, train_and_score(name, data, Path(tmp), seed=args.seed), flush=True)
