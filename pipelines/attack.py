@@ -316,7 +316,8 @@ def run_attack_stage(config: AttackStageConfig) -> dict[str, Any]:
                 torch.cat([public.images, victims.images]), torch.cat([public.landmarks, victims.landmarks])
             )
     protect_fn, description = target_protect_fn(target, config.device, landmarks_of)
-    description["landmarks"] = "per face" if landmarks_of is not None else "template (none in the shards)"
+    if target != RGB_TARGET and target.uses_landmarks:
+        description["landmarks"] = "per face" if landmarks_of is not None else "template (none in the shards)"
     public_ids, victim_ids = public.identities, victims.identities
     public, victims = public.images, victims.images
 
