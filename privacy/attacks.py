@@ -517,6 +517,8 @@ class AttackConfig:
 
 
 ProtectFn = Callable[[torch.Tensor, int], Payload | torch.Tensor]
+#: largest pool of precomputed decoder views (``AttackConfig.view_draws``) run_attack will hold
+MAX_VIEW_POOL_BYTES = 8 * 2**30
 
 
 def attack_view(payload: Payload | torch.Tensor) -> torch.Tensor:
@@ -664,6 +666,13 @@ def run_attack(
     if config.view_draws is not None:
         if config.view_draws < 1:
             raise FacesynthError(f"view_draws must be at least 1 (or None), got {config.view_draws}")
+        need = config.view_draws * public_images.shape[0] * in_channels * size[0] * size[1] * 4
+        if need > MAX_VIEW_POOL_BYTES:
+            raise FacesynthError(
+                f"view_draws {config.view_draws} x {public_images.shape[0]} public faces x {in_channels} x "
+                f"{size[0]} x {size[1]} float32 views need {need / 2**30:.1f} GiB (limit "
+                f"{MAX_VIEW_POOL_BYTES / 2**30:.0f} GiB): lower the draws or the public faces, or use fresh draws"
+            )
         pool = torch.stack(
             [
                 torch.cat(

@@ -188,7 +188,7 @@ def test_attack_on_the_identity_method_recovers_near_perfectly():
     assert set(attack.recover(victims[:2])) == {"decoder", "ridge"}
 
 
-def test_view_draws_fix_the_client_calls_and_the_decoder_still_learns():
+def test_view_draws_fix_the_client_calls_and_the_decoder_still_learns(monkeypatch):
     """With view_draws the decoder trains on N payloads per public face drawn once: the client runs
     N times per face whatever the decoder's steps, and the recovery still beats the floor."""
     from facesynth.privacy.attacks import AttackConfig, run_attack
@@ -222,6 +222,13 @@ def test_view_draws_fix_the_client_calls_and_the_decoder_still_learns():
     assert metrics["decoder"]["psnr"] > metrics["no_information"]["psnr"] + 3
     with pytest.raises(FacesynthError, match="view_draws"):
         attack(2, 0)
+    import facesynth.privacy.attacks as attacks_module
+
+    # a pool that would not fit is refused before any client call for it: 3 draws x 32 faces x 3 x 16 x 16
+    monkeypatch.setattr(attacks_module, "MAX_VIEW_POOL_BYTES", 3 * 32 * 3 * 16 * 16 * 4 - 1)
+    with pytest.raises(FacesynthError, match="GiB"):
+        attack(2, 3)
+    assert attack(2, 2)[1] == overhead + 2 * 32
 
 
 def test_trained_attack_refuses_payloads_of_another_method_or_key():
