@@ -63,7 +63,7 @@ class PrivacyEncoder(IdentityEncoder):
         Faces larger than the method's input are resized down by :meth:`embed`; their landmarks are
         moved with them, so the ROI follows the face at any input size.
         """
-        if landmarks is not None and self._fit(images) is not images:
+        if landmarks is not None and self._will_resize(images):
             landmarks = resize_landmarks(landmarks, tuple(images.shape[-2:]), self.input_size)
         self._landmarks = landmarks
         try:

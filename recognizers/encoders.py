@@ -135,18 +135,20 @@ class IdentityEncoder(ABC):
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         return np.concatenate(out)
 
-    def _fit(self, images: torch.Tensor) -> torch.Tensor:
+    def _will_resize(self, images: torch.Tensor) -> bool:
+        """Whether :meth:`embed` resizes these faces down to the encoder's input (larger faces only)."""
         size = self.input_size
-        if (
+        return not (
             size is None
             or not isinstance(images, torch.Tensor)
             or images.ndim != 4
             or tuple(images.shape[2:]) == tuple(size)
             or images.shape[2] < size[0]
             or images.shape[3] < size[1]
-        ):
-            return images
-        return resize_faces(images, size)
+        )
+
+    def _fit(self, images: torch.Tensor) -> torch.Tensor:
+        return resize_faces(images, self.input_size) if self._will_resize(images) else images
 
     def _check(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
